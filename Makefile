@@ -1,0 +1,23 @@
+# Two entry points for a fresh machine; both create and use the virtual environment at .venv.
+#   make run   set up, then run the paper-table sweep on the embedded Concept World
+#   make test  set up, then run the test suite
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test smoke
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -e '.[test]'
+	touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/python -m harness -m sweep=paper_table
+
+smoke: setup
+	$(VENV)/bin/python -m harness -m sweep=smoke
+
+test: setup
+	$(VENV)/bin/python -m pytest

@@ -1,0 +1,145 @@
+"""The Hydra app behind `python -m harness`.
+
+    python -m harness method=bilevel pruning.ratio=0.5      # one cell
+    python -m harness -m sweep=paper_table                   # a named sweep from sweeps/
+
+Named sweeps live in the top-level `sweeps/` folder and are registered as the `sweep` config
+group. Hydra only instantiates sweepers from the `hydra_plugins` namespace, so the harness's
+sweeper is registered there under `hydra_plugins.harness_sweeper`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from harness.errors import ConfigError, MissingInputError
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = Path(__file__).resolve().parent / "conf"
+SWEEPS = REPO / "sweeps"
+log = logging.getLogger("harness")
+
+
+def register_sweeps() -> None:
+    store = ConfigStore.instance()
+    for path in sorted(SWEEPS.glob("*.yaml")):
+        store.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_", provider="harness")
+
+
+@dataclass
+class HarnessSweeperConf:
+    _target_: str = "hydra_plugins.harness_sweeper.HarnessSweeper"
+    max_batch_size: Optional[int] = None
+    params: Optional[dict[str, str]] = None
+    grids: list[Any] = field(default_factory=list)
+
+
+def register_sweeper() -> None:
+    from hydra.core.plugins import Plugins
+
+    from harness import sweeper
+
+    module = types.ModuleType("hydra_plugins.harness_sweeper")
+    # Hydra accepts plugins only from the hydra_plugins namespace: alias the class there.
+    module.HarnessSweeper = type("HarnessSweeper", (sweeper.HarnessSweeper,), {"__module__": module.__name__})
+    sys.modules[module.__name__] = module
+    Plugins.instance().register(module.HarnessSweeper)
+    ConfigStore.instance().store(group="hydra/sweeper", name="harness", node=HarnessSweeperConf, provider="harness")
+
+
+def group_options() -> dict[str, list[str]]:
+    options = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in CONF.iterdir() if p.is_dir()}
+    options["sweep"] = sorted(p.stem for p in SWEEPS.glob("*.yaml"))
+    return options
+
+
+def precheck(argv: list[str]) -> None:
+    """Unknown config-group choices fail here in one line (Hydra's own message spans many)."""
+    options = group_options()
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, _, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if key in options and value and not any(ch in value for ch in "()[]{}$"):
+            for choice in value.split(","):
+                if choice not in options[key] and choice != "null":
+                    print(f"error: {key}={choice} is not accepted: one of {', '.join(options[key])}", file=sys.stderr)
+                    sys.exit(2)
+
+
+def setup_logging() -> None:
+    logger = logging.getLogger("harness")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+@hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")
+def task(cfg: DictConfig):
+    """One cell. In a sweep every cell was validated before any started."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from harness.runner import run_cell
+    from harness.validate import validate
+
+    setup_logging()
+    multirun = HydraConfig.get().mode.name == "MULTIRUN"
+    if not multirun:
+        try:
+            validate(cfg)
+        except (ConfigError, MissingInputError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+    results = run_cell(cfg)
+    if not multirun:
+        summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in results["metrics"].items()}
+        print(f"cell {results['cell_id']} ({results['method']}): {summary}")
+    return results
+
+
+def main() -> None:
+    register_sweeps()
+    register_sweeper()
+    precheck(sys.argv[1:])
+    task()
+
+
+def compose_config(overrides: list[str] | None = None, return_hydra_config: bool = False) -> DictConfig:
+    """The config `python -m harness <overrides>` would run (for tests, notebooks, tools)."""
+    from hydra import compose, initialize_config_dir
+
+    register_sweeps()
+    register_sweeper()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides or []), return_hydra_config=return_hydra_config)
+
+
+def plan_sweep(arguments: list[str]):
+    """The cells `python -m harness -m <arguments>` would run, composed and validated, without
+    running anything: [(Cell, overrides)], dependencies first."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.types import HydraContext, RunMode
+
+    register_sweeps()
+    register_sweeper()
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF)))
+    config = loader.load_configuration("config", overrides=list(arguments), run_mode=RunMode.MULTIRUN)
+    from harness.sweeper import HarnessSweeper
+
+    options = {k: v for k, v in OmegaConf.to_container(config.hydra.sweeper).items() if k != "_target_"}
+    sweeper = HarnessSweeper(**options)
+    sweeper.config, sweeper.hydra_context = config, HydraContext(config_loader=loader, callbacks=None)
+    return sweeper.plan(list(arguments))

@@ -1,0 +1,73 @@
+"""Bring MLflow up to date with what is on disk, idempotently.
+
+    python -m harness.backfill out_dir=outputs [tracking.uri=http://host:5000]
+
+For every sweep folder, the sweep's parent run is found (by tag) or created; for every cell
+folder, its child run is found or created, given the metric lines MLflow lacks, and, for a
+completed cell, its final metrics and artifacts. Running it twice adds nothing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from harness.cell import Cell
+from harness.tracking import SWEEP_TAG, CellRun, Tracker
+
+
+def backfill(out_dir: Path, uri: str | None = None, experiment: str = "harness") -> dict:
+    out_dir = Path(out_dir)
+    base = OmegaConf.create({"out_dir": str(out_dir), "tracking": {"uri": uri, "experiment": experiment, "enabled": True}})
+    tracker = Tracker(base)
+    parents: dict[str, str] = {}
+    for sweep_json in sorted(out_dir.glob("sweeps/*/sweep.json")):
+        sweep = json.loads(sweep_json.read_text())
+        cells = json.loads((sweep_json.parent / "cells.json").read_text())
+        parent = tracker.get_or_create_run(SWEEP_TAG, sweep["sweep_id"], sweep["sweep_id"], {"harness.sweep": sweep["name"], "harness.cells": len(cells)})
+        if parent:
+            for name in ("table.md", "table.csv"):
+                tracker.log_artifact(parent, sweep_json.parent / name)
+            tracker.terminate(parent)
+            for c in cells:
+                parents.setdefault(c["cell_id"], parent)
+    synced = pending = 0
+    for config in sorted(out_dir.glob("cells/*/config.yaml")):
+        cfg = OmegaConf.load(config)
+        cfg.tracking.uri, cfg.tracking.experiment = uri, experiment
+        cell = Cell(cfg)
+        cell.dir = config.parent  # the folder as found (its id was computed when it was made)
+        run = CellRun(tracker, cell, parents.get(cell.dir.name))
+        if run.state.get("synced"):
+            synced += 1
+            continue
+        run.start()
+        if cell.done:
+            ok = run.finish(cell.results())
+        else:
+            run.flush(force=True)
+            ok = False
+        synced += ok
+        pending += not ok
+    return {"cells_synced": synced, "cells_not_synced": pending, "tracking_down": tracker.down, "uri": tracker.uri}
+
+
+def main(argv: list[str]) -> int:
+    args = dict(a.split("=", 1) for a in argv if "=" in a)
+    unknown = set(args) - {"out_dir", "tracking.uri", "tracking.experiment"}
+    if unknown:
+        print(f"error: {sorted(unknown)[0]} is not accepted: out_dir, tracking.uri, tracking.experiment", file=sys.stderr)
+        return 2
+    out_dir = Path(args.get("out_dir", "outputs"))
+    if not out_dir.is_dir():
+        print(f"error: out_dir={out_dir} is not accepted: an existing output folder", file=sys.stderr)
+        return 2
+    summary = backfill(out_dir, args.get("tracking.uri"), args.get("tracking.experiment", "harness"))
+    print(json.dumps(summary))
+    return 1 if summary["tracking_down"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

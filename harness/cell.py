@@ -1,0 +1,123 @@
+"""A cell: one fully resolved config, and its folder under `out_dir`.
+
+Its identity is a short hash of the semantic part of the resolved config: the sections its
+method depends on (launcher, tracking, runtime and paths excluded) plus a schema version.
+Asking for the same cell twice gives the same folder, and so its checkpoints and results.
+
+Folder layout (cells/<id>/):
+    config.yaml          the resolved config
+    environment.json     git commit, dirty flag, package versions, host, attempts
+    pruned_init.*        the pruned student before training (safetensors + json)
+    checkpoints/<stage>/ step_XXXXXXXX.pt, written atomically
+    metrics.jsonl        every logged loss and metric, one JSON object per line
+    train.log            the cell's log, tracebacks included
+    student.*            the final student (safetensors + json)
+    results.json         final metrics
+    FAILED               the error of the last failed attempt (removed on success)
+    COMPLETED            written last: the cell is done
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from harness.method import COMMON_SECTIONS, get_method
+
+SCHEMA_VERSION = 1
+METHOD_CONF = Path(__file__).resolve().parent / "conf" / "method"
+ID_LENGTH = 10
+
+
+def method_keys(name: str) -> list[str]:
+    """The keys a method's config defines (harness/conf/method/<name>.yaml)."""
+    return list(OmegaConf.load(METHOD_CONF / f"{name}.yaml").keys())
+
+
+def semantic_config(cfg: DictConfig) -> dict:
+    """The part of the config that decides what a cell computes. Of the `method` section only
+    the method's own keys count: a sweep-wide `method.K` makes no new distill cell."""
+    sections = COMMON_SECTIONS + get_method(cfg.method.name).sections
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    semantic = {"schema": SCHEMA_VERSION, **{s: resolved.get(s) for s in sections}}
+    semantic["method"] = {k: v for k, v in resolved["method"].items() if k in method_keys(cfg.method.name)}
+    return semantic
+
+
+def cell_id(cfg: DictConfig) -> str:
+    blob = json.dumps(semantic_config(cfg), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:ID_LENGTH]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+class Cell:
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.id = cell_id(cfg)
+        self.dir = Path(cfg.out_dir) / "cells" / self.id
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    @property
+    def done(self) -> bool:
+        return self.path("COMPLETED").exists()
+
+    @property
+    def failed(self) -> bool:
+        return self.path("FAILED").exists() and not self.done
+
+    @property
+    def started(self) -> bool:
+        return self.path("config.yaml").exists()
+
+    def state(self) -> str:
+        if self.done:
+            return "completed"
+        if self.failed:
+            return "failed"
+        return "partial" if self.started else "new"
+
+    def results(self) -> dict | None:
+        path = self.path("results.json")
+        return json.loads(path.read_text()) if self.done and path.exists() else None
+
+    @contextmanager
+    def lock(self):
+        """Exclusive use of the folder: one process trains a cell at a time (two sweeps, or a
+        two-stage cell and the distill cell it needs, may ask for the same one)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.path(".lock"), "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def write_config(self) -> None:
+        write_atomic(self.path("config.yaml"), OmegaConf.to_yaml(self.cfg, resolve=True))
+
+    def mark_failed(self, error: str) -> None:
+        write_atomic(self.path("FAILED"), error)
+
+    def mark_completed(self, results: dict) -> None:
+        write_atomic(self.path("results.json"), json.dumps(results, indent=1, default=str))
+        self.path("FAILED").unlink(missing_ok=True)
+        write_atomic(self.path("COMPLETED"), results.get("finished_at", ""))  # last, always
+
+    def append_metrics(self, record: dict) -> None:
+        with open(self.path("metrics.jsonl"), "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())

@@ -1,0 +1,105 @@
+"""Evaluation run in every cell after training.
+
+Model-level measurements, each a pure function of the model and fixed seeds:
+- `heldout_mse`: plain denoising MSE on held-out neutral data (fixed noise and timesteps),
+  for the student and, as the reference, the teacher: quality of fine-tuning.
+- `alignment/<concept>`: mean cosine between the student's guidance direction for the
+  concept prompt, S(x_t, c) − S(x_t, ∅), and the teacher's, T(x_t, c) − T(x_t, ∅), on
+  held-out images of that concept. 1: the concept is rendered as the teacher renders it;
+  ≤ 0: suppressed (ESD's target direction is −1).
+Image-based metrics (FID, CLIP score, CMMD, CSD) join these in the metrics module.
+A sample grid (neutral prompts, then one prompt per concept) is saved as samples.png.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from harness import concepts as concept_registry
+from harness.losses import diffusion_target, noisy_inputs
+from harness.sampling import sample
+
+
+def _batches(dataset, batch_size: int):
+    for i in range(0, len(dataset), batch_size):
+        items = [dataset[j] for j in range(i, min(i + batch_size, len(dataset)))]
+        yield torch.stack([it["image"] for it in items]), [it["caption"] for it in items]
+
+
+@torch.no_grad()
+def heldout_mse(ctx, model, dataset, batch_size: int, seed: int) -> float:
+    parts, total, count = ctx.parts, 0.0, 0
+    g = torch.Generator().manual_seed(seed)
+    for images, captions in _batches(dataset, batch_size):
+        x0 = parts.encode_images(images.to(ctx.device), g)
+        x_t, t, noise = noisy_inputs(parts.noise_scheduler, x0, g)
+        target = diffusion_target(parts.noise_scheduler, x0, noise, t, parts.prediction_type)
+        pred = model(x_t, t, parts.encode_prompts(captions)).sample
+        total += F.mse_loss(pred.float(), target.float(), reduction="sum").item() / pred[0].numel()
+        count += len(captions)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def guidance_alignment(ctx, model, dataset, batch_size: int, seed: int, t_range=(200, 800)) -> float:
+    parts, sims = ctx.parts, []
+    g = torch.Generator().manual_seed(seed)
+    for images, captions in _batches(dataset, batch_size):
+        x0 = parts.encode_images(images.to(ctx.device), g)
+        noise = torch.randn(x0.shape, generator=g).to(x0)
+        t = torch.randint(t_range[0], t_range[1], (len(captions),), generator=g).to(ctx.device)
+        x_t = parts.noise_scheduler.add_noise(x0, noise, t)
+        cond, uncond = parts.encode_prompts(captions), parts.encode_prompts([""] * len(captions))
+        xx, tt, cc = torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond])
+        s = model(xx, tt, cc).sample
+        r = ctx.teacher(xx, tt, cc).sample
+        n = len(captions)
+        d_student, d_teacher = (s[n:] - s[:n]).flatten(1), (r[n:] - r[:n]).flatten(1)
+        sims.append(F.cosine_similarity(d_student.float(), d_teacher.float(), dim=1))
+    return torch.cat(sims).mean().item()
+
+
+def eval_concepts(ctx) -> list:
+    if ctx.cfg.eval.concepts == "all":
+        return list(concept_registry.DOMAINS[ctx.cfg.data.domain].values())
+    return ctx.erase + ctx.retain
+
+
+@torch.no_grad()
+def sample_grid(ctx, model, path, concepts) -> None:
+    ev = ctx.cfg.eval
+    neutral = [ctx.data.heldout_neutral[i]["caption"] for i in range(min(ev.grid_neutral, len(ctx.data.heldout_neutral)))]
+    base = neutral[0] if neutral else ""
+    prompts = neutral + [c.apply(base) for c in concepts]
+    g = torch.Generator().manual_seed(ev.seed)
+    x, _ = sample(model, ctx.parts, prompts, ev.sample_steps, ev.guidance, g)
+    images = ((ctx.parts.decode(x) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
+    cols = min(len(prompts), 8)
+    rows = math.ceil(len(prompts) / cols)
+    size = images.shape[-1]
+    scale = max(1, 64 // size)
+    grid = Image.new("RGB", (cols * size * scale, rows * size * scale))
+    for i, im in enumerate(images):
+        tile = Image.fromarray(im.permute(1, 2, 0).numpy()).resize((size * scale, size * scale), Image.NEAREST)
+        grid.paste(tile, ((i % cols) * size * scale, (i // cols) * size * scale))
+    grid.save(path)
+
+
+def evaluate(ctx, model) -> dict:
+    ev = ctx.cfg.eval
+    model.eval()
+    metrics = {
+        "heldout_mse": heldout_mse(ctx, model, ctx.data.heldout_neutral, ev.batch_size, ev.seed),
+        "teacher_heldout_mse": heldout_mse(ctx, ctx.teacher, ctx.data.heldout_neutral, ev.batch_size, ev.seed),
+    }
+    concepts = eval_concepts(ctx)
+    for concept in concepts:
+        dataset = ctx.data.heldout_concept(concept)
+        metrics[f"alignment/{concept.name}"] = guidance_alignment(ctx, model, dataset, ev.batch_size, ev.seed)
+    if ev.grid_neutral or concepts:
+        sample_grid(ctx, model, ctx.folder / "samples.png", concepts)
+    return metrics

@@ -1,0 +1,87 @@
+"""The interface every method in `methods/` implements, and the method registry.
+
+A method is a class with a `name`, the config sections that define its cells, a `validate`
+for its own config keys, and `stages()`: the training stages the shared loop runs. Methods
+are discovered from the `methods` package: adding one is a new file there plus
+`harness/conf/method/<name>.yaml`."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, ClassVar
+
+from harness.errors import ConfigError
+from harness.trainer import Stage
+
+if TYPE_CHECKING:
+    from harness.context import CellContext
+
+# Config sections that define every cell, whatever its method.
+COMMON_SECTIONS = ("seed", "model", "data", "pruning", "train", "finetune", "method", "eval")
+
+
+class Method(ABC):
+    name: ClassVar[str]
+    # Sections beyond COMMON_SECTIONS that change what this method trains.
+    sections: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, ctx: CellContext):
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        """Check this method's own config keys; raise ConfigError naming the bad one."""
+
+    @abstractmethod
+    def stages(self) -> Iterator[Stage]:
+        """The stages to train, in order (a generator: a stage may depend on the previous)."""
+
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+_discovered = False
+
+
+def _discover() -> None:
+    global _discovered
+    if not _discovered:
+        import methods
+
+        for info in pkgutil.iter_modules(methods.__path__):
+            importlib.import_module(f"methods.{info.name}")
+        _discovered = True
+
+
+def get_method(name: str) -> type[Method]:
+    _discover()
+    if name not in REGISTRY:
+        raise ConfigError("method", name, f"one of {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def method_names() -> list[str]:
+    _discover()
+    return sorted(REGISTRY)
+
+
+def check_positive(cfg, key: str, kind=float, allow_zero: bool = False) -> None:
+    """Validate one numeric config key (dotted path)."""
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(cfg, key)
+    ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        ok_type = ok_type and float(value).is_integer()
+    if not ok_type or value < 0 or (value == 0 and not allow_zero):
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(key, value, f"{what} {'≥ 0' if allow_zero else '> 0'}")

@@ -1,0 +1,133 @@
+"""Run one cell: a function of its config that returns its metrics.
+
+Completed cells return their stored results without training. Interrupted cells resume from
+their latest checkpoint. A failing cell writes its traceback to its log and a FAILED marker,
+then re-raises."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from harness.cell import Cell, write_atomic
+from harness.context import build_context
+from harness.env import environment
+from harness.evaluation import evaluate
+from harness.method import get_method
+from harness.pruning import save_pruned
+from harness.tracking import CellRun, Tracker
+from harness.trainer import Trainer, TrainConfig
+from harness.validate import validate
+
+log = logging.getLogger("harness")
+
+
+@contextmanager
+def cell_log(cell: Cell):
+    """Send the harness log to the cell's train.log while the cell runs."""
+    handler = logging.FileHandler(cell.path("train.log"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("harness")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def run_cell(cfg: DictConfig, tracker: Tracker | None = None) -> dict:
+    """Train and evaluate the cell for `cfg` (or return its stored results)."""
+    validate(cfg)
+    cell = Cell(cfg)
+    if cell.done:
+        return cell.results()
+    tracker = tracker or Tracker(cfg)
+    with cell.lock():
+        if cell.done:  # finished by another process while we waited
+            return cell.results()
+        return _run_locked(cfg, cell, tracker)
+
+
+def _run_locked(cfg: DictConfig, cell: Cell, tracker: Tracker) -> dict:
+    cell.write_config()
+    env_path = cell.path("environment.json")
+    env = environment()
+    attempts = json.loads(env_path.read_text()).get("attempts", []) if env_path.exists() else []
+    attempts.append({"started_at": _now(), "host": env["host"], "slurm": env["slurm"]})
+    write_atomic(env_path, json.dumps({**env, "attempts": attempts}, indent=1))
+    run = CellRun(tracker, cell, cfg.tracking.get("parent_run_id"), cfg.tracking.flush_every_s)
+    run.start(env)
+    with cell_log(cell):
+        log.info("cell %s (%s), attempt %d, in %s", cell.id, cfg.method.name, len(attempts), cell.dir)
+        try:
+            results = _train_and_evaluate(cfg, cell, run, tracker)
+        except BaseException as exc:  # KeyboardInterrupt/SystemExit too: the marker says why
+            cell.mark_failed(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+            log.error("cell %s failed:\n%s", cell.id, traceback.format_exc())
+            run.finish(None, status="FAILED")
+            raise
+    cell.mark_completed(results)
+    run.finish(results)
+    return results
+
+
+def _train_and_evaluate(cfg: DictConfig, cell: Cell, run: CellRun, tracker: Tracker) -> dict:
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+
+    def require_cell(dep_cfg: DictConfig):
+        dep = Cell(dep_cfg)
+        log.info("cell %s needs cell %s (%s)", cell.id, dep.id, dep_cfg.method.name)
+        run_cell(dep_cfg, tracker)
+        return dep.dir
+
+    ctx = build_context(cfg, cell.dir, require_cell)
+
+    def on_log(stage: str, step: int, values: dict) -> None:
+        cell.append_metrics({"time": time.time(), "stage": stage, "step": step, "values": values})
+        run.flush()
+
+    rt = cfg.runtime
+    trainer = Trainer(
+        TrainConfig(
+            seed=cfg.seed,
+            grad_accum=cfg.train.grad_accum,
+            max_grad_norm=cfg.train.max_grad_norm,
+            precision=cfg.train.precision,
+            checkpoint_every=rt.checkpoint_every,
+            keep_checkpoints=rt.keep_checkpoints,
+            log_every=rt.log_every,
+            progress=rt.progress,
+        ),
+        ctx.device,
+        on_log,
+    )
+    method = get_method(cfg.method.name)(ctx)
+    timings = {}
+    for stage in method.stages():
+        timings[stage.name] = trainer.fit(stage, cell.path("checkpoints") / stage.name)
+    save_pruned(ctx.student, ctx.prune_report, cell.path("student"))
+    t_eval = time.perf_counter()
+    metrics = evaluate(ctx, ctx.student)
+    cell.append_metrics({"time": time.time(), "stage": "eval", "step": 0, "values": metrics})
+    return {
+        "cell_id": cell.id,
+        "method": cfg.method.name,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "metrics": metrics,
+        "pruning": {k: v for k, v in vars(ctx.prune_report).items() if k != "kept_channels"},
+        "timings": {**timings, "eval_seconds": time.perf_counter() - t_eval, "total_seconds": time.perf_counter() - t_start},
+        "finished_at": _now(),
+    }
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

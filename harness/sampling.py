@@ -1,0 +1,53 @@
+"""DDIM sampling with classifier-free guidance, batched: the conditional and unconditional
+predictions come from one UNet call per step."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDIMScheduler
+
+from harness.models.parts import DiffusionParts
+
+
+def make_sampler(parts: DiffusionParts, steps: int) -> DDIMScheduler:
+    config = {k: v for k, v in parts.sampler_config.items() if not k.startswith("_")}
+    sampler = DDIMScheduler.from_config(config)
+    sampler.set_timesteps(steps)
+    return sampler
+
+
+@torch.no_grad()
+def cfg_prediction(unet, x, t, cond, uncond, guidance: float) -> torch.Tensor:
+    n = x.shape[0]
+    tt = torch.full((2 * n,), int(t), device=x.device, dtype=torch.long)
+    out = unet(torch.cat([x, x]), tt, torch.cat([uncond, cond])).sample
+    e_uncond, e_cond = out[:n], out[n:]
+    return e_uncond + guidance * (e_cond - e_uncond)
+
+
+@torch.no_grad()
+def sample(
+    unet,
+    parts: DiffusionParts,
+    prompts: list[str],
+    steps: int,
+    guidance: float,
+    generator: torch.Generator,
+    stop_after: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run DDIM for `stop_after` of `steps` steps (all when None).
+
+    Returns (x, t): the UNet-space sample and the timestep it is at (the final images when the
+    sampler ran to the end: decode with `parts.decode`)."""
+    sampler = make_sampler(parts, steps)
+    device = parts.device
+    cond = parts.encode_prompts(list(prompts))
+    uncond = parts.encode_prompts([""] * len(prompts))
+    x = torch.randn(parts.latent_shape(len(prompts)), generator=generator).to(device) * sampler.init_noise_sigma
+    timesteps = sampler.timesteps
+    n = len(timesteps) if stop_after is None else stop_after
+    for t in timesteps[:n]:
+        eps = cfg_prediction(unet, x, t, cond, uncond, guidance)
+        x = sampler.step(eps, t, x).prev_sample
+    t_now = timesteps[n] if n < len(timesteps) else torch.tensor(0)
+    return x, torch.full((len(prompts),), int(t_now), device=device, dtype=torch.long)

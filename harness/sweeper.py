@@ -1,0 +1,130 @@
+"""The harness's Hydra sweeper: a sweep is a list of grids, expanded to cells.
+
+    hydra.sweeper.grids: [ {method: distill, pruning.ratio: "0.3,0.5"},
+                           {method: bilevel, method.K: "5,10,20", ...} ]
+
+Each grid is a cartesian product (Hydra's sweep syntax); command-line sweep arguments apply to
+every grid and win over a grid's value for the same key. Before any job starts, every cell's
+config is composed and validated (one-line error, exit 2, nothing written), cells are
+deduplicated by identity (a key a method does not use makes no new cell), completed cells are
+skipped, and cells that others depend on (distill) go first. Then the launcher runs the
+pending cells; at the end the paper-style table is printed and saved."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import DictConfig, OmegaConf
+
+from harness.errors import ConfigError, MissingInputError
+
+log = logging.getLogger("harness")
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+class HarnessSweeper(Sweeper):
+    def __init__(self, max_batch_size: int | None = None, params: dict | None = None, grids: list | None = None):
+        super().__init__()
+        self.params = dict(params or {})
+        self.grids = [dict(g) for g in (grids or [])]
+        self.config = self.launcher = self.hydra_context = None
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    # -- expansion -------------------------------------------------------------------------
+    def expand(self, arguments: list[str]) -> list[list[str]]:
+        """Override lists, one per grid point, in grid order."""
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        cli = parser.parse_overrides(list(arguments))
+        cli_keys = {o.get_key_element() for o in cli}
+        jobs = []
+        for grid in self.grids or [{}]:
+            base = [f"{k}={v}" for k, v in {**self.params, **grid}.items() if k not in cli_keys]
+            overrides = parser.parse_overrides(base) + cli
+            jobs.extend(BasicSweeper.split_arguments(overrides, None)[0])
+        return jobs
+
+    def compose(self, overrides: list[str]) -> DictConfig:
+        return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+
+    def plan(self, arguments: list[str]):
+        """Compose and validate every cell; return [(cell, overrides)] without duplicates."""
+        from harness.cell import Cell
+        from harness.validate import validate
+
+        cells, seen = [], set()
+        for overrides in self.expand(arguments):
+            try:
+                cfg = self.compose(overrides)
+                validate(cfg)
+            except (ConfigError, MissingInputError) as exc:
+                fail(str(exc))
+            except HydraException as exc:
+                fail(f"{' '.join(overrides)}: {str(exc).strip().splitlines()[0]}")
+            cell = Cell(cfg)
+            if cell.id not in seen:
+                seen.add(cell.id)
+                cells.append((cell, list(overrides)))
+        # Cells other cells start from (distill: stage 1 of two-stage) run first.
+        cells.sort(key=lambda c: c[0].cfg.method.name != "distill")
+        return cells
+
+    # -- the sweep -------------------------------------------------------------------------
+    def sweep(self, arguments: list[str]) -> Any:
+        from harness.table import write_table
+        from harness.tracking import SWEEP_TAG, Tracker
+
+        t0 = time.perf_counter()
+        cells = self.plan(arguments)
+        name = self.config.get("sweep_name") or "adhoc"
+        sweep_id = f"{name}-{hashlib.sha256(','.join(sorted(c.id for c, _ in cells)).encode()).hexdigest()[:8]}"
+        folder = Path(self.config.out_dir) / "sweeps" / sweep_id
+        folder.mkdir(parents=True, exist_ok=True)
+        pending = [(c, o) for c, o in cells if not c.done]
+        print(f"sweep {sweep_id}: {len(cells)} cells, {len(cells) - len(pending)} already completed, {len(pending)} to run", flush=True)
+        (folder / "cells.json").write_text(
+            json.dumps([{"cell_id": c.id, "method": c.cfg.method.name, "overrides": o} for c, o in cells], indent=1)
+        )
+        tracker = Tracker(self.config)
+        parent = tracker.get_or_create_run(SWEEP_TAG, sweep_id, sweep_id, {"harness.sweep": name, "harness.cells": len(cells)})
+        (folder / "sweep.json").write_text(json.dumps({"sweep_id": sweep_id, "name": name, "parent_run_id": parent, "arguments": arguments}, indent=1))
+        failed = []
+        if pending:
+            batch = [o + ([f"tracking.parent_run_id={parent}"] if parent else []) for _, o in pending]
+            returns = self.launcher.launch(batch, initial_job_idx=0)
+            for (cell, _), ret in zip(pending, returns):
+                if ret.status.name != "COMPLETED":
+                    failed.append((cell, ret._return_value))
+        table = write_table([c for c, _ in cells], folder)
+        print(table, flush=True)
+        elapsed = time.perf_counter() - t0
+        print(f"sweep {sweep_id}: {len(cells) - len(failed)}/{len(cells)} cells completed in {elapsed:.0f} s; table: {folder / 'table.md'}", flush=True)
+        if parent:
+            tracker.log_artifact(parent, folder / "table.md")
+            tracker.log_artifact(parent, folder / "table.csv")
+            tracker.log_metrics(parent, [{"time": time.time(), "step": 0, "values": {"cells": len(cells), "failed": len(failed), "wall_seconds": elapsed}}])
+            tracker.terminate(parent, "FAILED" if failed else "FINISHED")
+        for cell, err in failed:
+            print(f"cell {cell.id} ({cell.cfg.method.name}) FAILED: {err}; log: {cell.path('train.log')}", file=sys.stderr)
+        if failed:
+            sys.exit(1)
+        return returns if pending else []

@@ -1,0 +1,211 @@
+"""MLflow tracking: a parent run per sweep, a child run per cell.
+
+The cell folder is the source of truth (metrics.jsonl, results.json); MLflow is a view of it.
+Every MLflow call is guarded: when the tracking server is unreachable the cell still finishes,
+and `python -m harness.backfill` brings MLflow up to date later. Syncing is idempotent: a
+cell's `tracking.json` records its run id and how many metric lines MLflow already has, and
+runs are found again by their `harness.cell_id` / `harness.sweep_id` tags."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("harness")
+
+CELL_TAG, SWEEP_TAG = "harness.cell_id", "harness.sweep_id"
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    if cfg.tracking.get("uri"):
+        return str(cfg.tracking.uri)
+    return f"sqlite:///{Path(cfg.out_dir).resolve() / 'mlflow.db'}"
+
+
+def flatten(tree, prefix: str = "") -> dict[str, str]:
+    out = {}
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    else:
+        out[prefix[:-1]] = json.dumps(tree) if isinstance(tree, list) else str(tree)
+    return out
+
+
+class Tracker:
+    """Guarded access to one MLflow experiment."""
+
+    def __init__(self, cfg: DictConfig):
+        # Fail fast when a tracking server is down (MLflow's default retries take minutes).
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        self.uri = tracking_uri(cfg)
+        self.experiment_name = cfg.tracking.experiment
+        self.artifact_root = (Path(cfg.out_dir).resolve() / "mlartifacts").as_uri()
+        self.enabled = bool(cfg.tracking.enabled)
+        self._client, self._experiment_id, self.down = None, None, False
+
+    def call(self, what: str, fn, *args, **kwargs):
+        """Run an MLflow call; on failure, log once and carry on without tracking."""
+        if not self.enabled or self.down:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # any tracking failure must not fail the cell
+            self.down = True
+            log.warning("MLflow unavailable at %s (%s: %s); results stay on disk, run `python -m harness.backfill` later", self.uri, what, exc)
+            return None
+
+    def _connect(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=self.uri)
+            exp = client.get_experiment_by_name(self.experiment_name)
+            self._experiment_id = exp.experiment_id if exp else client.create_experiment(self.experiment_name, artifact_location=self.artifact_root)
+            self._client = client
+        return self._client
+
+    @property
+    def client(self):
+        return self.call("connect", self._connect)
+
+    def find_run(self, tag: str, value: str):
+        client = self.client
+        if client is None:
+            return None
+        runs = self.call("search", client.search_runs, [self._experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def get_or_create_run(self, tag: str, value: str, name: str, tags: dict, parent: str | None = None) -> str | None:
+        run_id = self.find_run(tag, value)
+        if run_id or self.client is None or self.down:
+            return run_id
+        all_tags = {tag: value, **{k: str(v) for k, v in tags.items() if v is not None}}
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        run = self.call("create run", self.client.create_run, self._experiment_id, run_name=name, tags=all_tags)
+        return run.info.run_id if run else None
+
+    def log_metrics(self, run_id: str, records: list[dict]) -> bool:
+        from mlflow.entities import Metric
+
+        metrics = [
+            Metric(key, float(value), int(r["time"] * 1000), int(r.get("step", 0)))
+            for r in records
+            for key, value in r["values"].items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+        ]
+        for i in range(0, len(metrics), 900):
+            if self.call("log metrics", self.client.log_batch, run_id, metrics=metrics[i : i + 900]) is None and self.down:
+                return False
+        return True
+
+    def log_params(self, run_id: str, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k[:250], v[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 90):
+            self.call("log params", self.client.log_batch, run_id, params=items[i : i + 90])
+
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        for k, v in tags.items():
+            if v is not None:
+                self.call("set tag", self.client.set_tag, run_id, k, str(v))
+
+    def log_artifact(self, run_id: str, path: Path) -> None:
+        if path.exists():
+            self.call("log artifact", self.client.log_artifact, run_id, str(path))
+
+    def terminate(self, run_id: str, status: str = "FINISHED") -> None:
+        self.call("terminate", self.client.set_terminated, run_id, status)
+
+
+def cell_tags(cfg: DictConfig, cell_id: str, env: dict | None = None) -> dict:
+    m = cfg.method
+    uses_concepts = m.name != "distill"
+    env = env or {}
+    return {
+        "harness.method": m.name,
+        "harness.solver": m.get("solver"),
+        "harness.K": m.get("K"),
+        "harness.eraser": cfg.eraser.name if uses_concepts else None,
+        "harness.concepts": ",".join(cfg.concepts.erase) if uses_concepts else None,
+        "harness.pruning_ratio": cfg.pruning.ratio,
+        "harness.model": cfg.model.name,
+        "harness.seed": cfg.seed,
+        "harness.metric_backbones": cfg.eval.get("backbone"),
+        "mlflow.source.git.commit": (env.get("git") or {}).get("commit"),
+        "slurm.job_id": (env.get("slurm") or {}).get("slurm_job_id"),
+        "slurm.array_task_id": (env.get("slurm") or {}).get("slurm_array_task_id"),
+    }
+
+
+class CellRun:
+    """The child run of one cell, synced from the cell folder."""
+
+    def __init__(self, tracker: Tracker, cell, parent_run_id: str | None = None, flush_every_s: float = 10.0):
+        self.tracker, self.cell, self.parent = tracker, cell, parent_run_id
+        self.state_path = cell.path("tracking.json")
+        self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        if self.state.get("uri") not in (None, tracker.uri):
+            self.state = {}  # synced to another tracking store before: this one starts afresh
+        self.flush_every_s, self._last_flush = flush_every_s, 0.0
+
+    def _save(self) -> None:
+        tmp = self.state_path.with_name("tracking.json.tmp")
+        tmp.write_text(json.dumps(self.state))
+        tmp.replace(self.state_path)
+
+    def start(self, env: dict | None = None) -> None:
+        t = self.tracker
+        parent = self.state.get("parent_run_id") or self.parent
+        run_id = self.state.get("run_id") or t.get_or_create_run(
+            CELL_TAG, self.cell.id, f"{self.cell.cfg.method.name}-{self.cell.id}", cell_tags(self.cell.cfg, self.cell.id, env), parent
+        )
+        if run_id is None:
+            return
+        if "run_id" not in self.state:
+            self.state.update(run_id=run_id, uri=t.uri, parent_run_id=parent, logged_lines=0, synced=False)
+            t.log_params(run_id, flatten(OmegaConf.to_container(self.cell.cfg, resolve=True)))
+            self._save()
+        elif env:
+            t.set_tags(run_id, cell_tags(self.cell.cfg, self.cell.id, env))
+
+    def flush(self, force: bool = False) -> None:
+        """Send metric lines MLflow does not have yet (rate-limited unless forced)."""
+        if not force and time.monotonic() - self._last_flush < self.flush_every_s:
+            return
+        self._last_flush = time.monotonic()
+        run_id = self.state.get("run_id")
+        path = self.cell.path("metrics.jsonl")
+        if run_id is None or self.tracker.down or not path.exists():
+            return
+        lines = path.read_text().splitlines()
+        new = [json.loads(x) for x in lines[self.state["logged_lines"] :] if x.strip()]
+        if new and self.tracker.log_metrics(run_id, new):
+            self.state["logged_lines"] = len(lines)
+            self._save()
+
+    def finish(self, results: dict | None, status: str = "FINISHED") -> bool:
+        """Final metrics, artifacts, status. Returns True when MLflow has everything."""
+        run_id = self.state.get("run_id")
+        if run_id is None:
+            return False
+        self.flush(force=True)
+        t = self.tracker
+        if results is not None:
+            summary = {"time": time.time(), "step": 0, "values": results.get("metrics", {})}
+            t.log_metrics(run_id, [summary])
+            for name in ("config.yaml", "results.json", "samples.png", "environment.json"):
+                t.log_artifact(run_id, self.cell.path(name))
+        t.terminate(run_id, status)
+        if not t.down and status == "FINISHED":
+            self.state["synced"] = True
+            self._save()
+        return not t.down

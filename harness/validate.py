@@ -1,0 +1,85 @@
+"""Check a resolved config before any job starts. Every failure is a ConfigError (or
+MissingInputError) whose message is one line naming the key, the value and what is accepted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from harness import concepts
+from harness.data import DATA_NAMES
+from harness.errors import ConfigError, MissingInputError
+from harness.method import check_positive, get_method
+from harness.pruning import IMPORTANCES
+
+MODELS = ("tiny", "sd21")
+PRECISIONS = ("auto", "fp32", "bf16")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def validate(cfg: DictConfig) -> None:
+    method = get_method(cfg.method.name)
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
+        raise ConfigError("seed", cfg.seed, "an integer ≥ 0")
+    _model(cfg)
+    _data(cfg)
+    ratio = cfg.pruning.ratio
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
+        raise ConfigError("pruning.ratio", ratio, "a number strictly between 0 and 1")
+    if cfg.pruning.importance not in IMPORTANCES:
+        raise ConfigError("pruning.importance", cfg.pruning.importance, f"one of {', '.join(IMPORTANCES)}")
+    if cfg.train.precision not in PRECISIONS:
+        raise ConfigError("train.precision", cfg.train.precision, f"one of {', '.join(PRECISIONS)}")
+    check_positive(cfg, "train.grad_accum", int)
+    check_positive(cfg, "train.max_grad_norm", allow_zero=True)
+    check_positive(cfg, "finetune.steps", int, allow_zero=True)
+    check_positive(cfg, "finetune.lr")
+    check_positive(cfg, "finetune.batch_size", int)
+    check_positive(cfg, "finetune.warmup_steps", int, allow_zero=True)
+    check_positive(cfg, "finetune.weight_decay", allow_zero=True)
+    if not 0.0 <= cfg.finetune.caption_dropout < 1.0:
+        raise ConfigError("finetune.caption_dropout", cfg.finetune.caption_dropout, "a probability in [0, 1)")
+    for key in ("diffusion", "output_kd", "feature_kd", "min_snr_gamma"):
+        check_positive(cfg, f"finetune.loss.{key}", allow_zero=True)
+    concepts.resolve_set(cfg.data.domain, cfg.concepts.erase, cfg.concepts.retain)
+    if cfg.eval.concepts not in ("all", "set"):
+        raise ConfigError("eval.concepts", cfg.eval.concepts, "all or set")
+    for key in ("batch_size", "sample_steps"):
+        check_positive(cfg, f"eval.{key}", int)
+    check_positive(cfg, "eval.grid_neutral", int, allow_zero=True)
+    check_positive(cfg, "runtime.checkpoint_every", int)
+    check_positive(cfg, "runtime.log_every", int)
+    method.validate(cfg)
+
+
+def _model(cfg: DictConfig) -> None:
+    m = cfg.model
+    if m.name not in MODELS:
+        raise ConfigError("model", m.name, f"one of {', '.join(MODELS)}")
+    if m.prediction_type not in PREDICTION_TYPES:
+        raise ConfigError("model.prediction_type", m.prediction_type, f"one of {', '.join(PREDICTION_TYPES)}")
+    if m.name == "sd21":
+        from harness.models.sd21 import locate
+
+        locate(m)
+    elif m.get("weights") and not Path(m.weights).is_file():
+        raise MissingInputError(f"model.weights={m.weights}: no such file (a safetensors file of trained tiny-model weights)")
+
+
+def _data(cfg: DictConfig) -> None:
+    d = cfg.data
+    if d.name not in DATA_NAMES:
+        raise ConfigError("data", d.name, f"one of {', '.join(DATA_NAMES)}")
+    if d.domain not in concepts.DOMAINS:
+        raise ConfigError("data.domain", d.domain, f"one of {', '.join(concepts.DOMAINS)}")
+    if d.name == "world":
+        for key in ("finetune_size", "concept_size", "heldout_size"):
+            check_positive(cfg, f"data.{key}", int)
+    else:
+        root = Path(str(d.root)).expanduser()
+        for sub in ("annotations", "images"):
+            if not (root / sub).is_dir():
+                raise MissingInputError(f"data.root={root}: missing {sub}/ (MS-COCO 2017 layout: annotations/captions_train2017.json, images/train2017/)")
+        if not Path(str(d.concept_source)).expanduser().exists():
+            raise MissingInputError(f"data.concept_source={d.concept_source}: no such file or folder (an image folder or a parquet/arrow table)")

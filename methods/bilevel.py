@@ -1,0 +1,132 @@
+"""Bilevel fine-tuning and concept suppression in one stage.
+
+    min_θ L_CU(θ)  s.t.  θ ∈ argmin L_ft          (upper: suppression; lower: fine-tuning)
+
+Solver `alternating` (what the authors' code does): one student, two optimizers.
+
+    for step in 1..N:
+        θ ← θ − α ∇θ L_ft(θ; fine-tuning batch)                 # lower step, every iteration
+        if step mod K = 0:
+            θ ← θ − β ∇θ L_CU(θ; T, concept batch)               # upper step, own Adam state
+                                                                 # T: frozen ORIGINAL teacher
+
+Solver `penalty` (the paper's first-order value-function formulation):
+
+    min_θ max_ϑ  L_CU(θ) + λ (L_ft(θ) − L_ft(ϑ))
+    for step in 1..N:
+        ϑ ← ϑ − α ∇ϑ L_ft(ϑ)                                     # inner step, every iteration
+        if step mod K = 0:
+            θ ← θ − β (∇θ L_CU(θ) + λ ∇θ L_ft(θ))                # outer step
+    (ϑ starts as a copy of θ and estimates the lower-level value L_ft*; the logged gap
+     L_ft(θ) − L_ft(ϑ) on the same batch is the penalty term.)
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from harness.errors import ConfigError
+from harness.method import Method, check_positive, register
+from harness.trainer import Optim, Stage
+from methods import erasers
+
+SOLVERS = ("alternating", "penalty")
+
+
+class AlternatingStage(Stage):
+    name = "bilevel"
+
+    def __init__(self, ctx, eraser: erasers.Eraser):
+        m = ctx.cfg.method
+        self.ctx, self.eraser, self.steps, self.K = ctx, eraser, ctx.cfg.finetune.steps, m.K
+        self.upper_params = erasers.parameter_subset(ctx.student, m.upper_params)
+
+    def modules(self):
+        return {"student": self.ctx.student}
+
+    def optimizers(self):
+        ft, m = self.ctx.cfg.finetune, self.ctx.cfg.method
+        return {
+            "lower": Optim(list(self.ctx.student.parameters()), ft.lr, ft.weight_decay, ft.warmup_steps),
+            "upper": Optim(self.upper_params, m.upper_lr, 0.0, m.upper_warmup_steps),
+        }
+
+    def streams(self):
+        ctx = self.ctx
+        return {
+            "finetune": ctx.stream(ctx.data.finetune, ctx.cfg.finetune.batch_size, "finetune"),
+            "concept": ctx.stream(ctx.data.concept, ctx.cfg.method.upper_batch_size, "concept"),
+        }
+
+    def updates(self, step: int) -> list[str]:
+        return ["lower", "upper"] if (step + 1) % self.K == 0 else ["lower"]
+
+    def loss(self, optimizer, next_batch, generator):
+        if optimizer == "lower":
+            return self.ctx.lower_loss(self.ctx.student, next_batch("finetune"), generator)
+        return self.eraser.loss(self.ctx.student, next_batch("concept"), generator)
+
+
+class PenaltyStage(AlternatingStage):
+    def __init__(self, ctx, eraser):
+        super().__init__(ctx, eraser)
+        self.inner = copy.deepcopy(ctx.student)  # ϑ
+        self.lam = ctx.cfg.method.lam
+
+    def modules(self):
+        return {"student": self.ctx.student, "inner": self.inner}
+
+    def optimizers(self):
+        ft, m = self.ctx.cfg.finetune, self.ctx.cfg.method
+        return {
+            "inner": Optim(list(self.inner.parameters()), ft.lr, ft.weight_decay, ft.warmup_steps),
+            "outer": Optim(list(self.ctx.student.parameters()), m.upper_lr, 0.0, m.upper_warmup_steps),
+        }
+
+    def updates(self, step: int) -> list[str]:
+        return ["inner", "outer"] if (step + 1) % self.K == 0 else ["inner"]
+
+    def loss(self, optimizer, next_batch, generator):
+        if optimizer == "inner":
+            return self.ctx.lower_loss(self.inner, next_batch("finetune"), generator)
+        batch = next_batch("finetune")
+        state = generator.get_state()
+        l_ft, _ = self.ctx.lower_loss(self.ctx.student, batch, generator)
+        after = generator.get_state()
+        generator.set_state(state)  # the same noise and timesteps for ϑ
+        with torch.no_grad():
+            l_ft_inner, _ = self.ctx.lower_loss(self.inner, batch, generator)
+        generator.set_state(after)
+        l_cu, _ = self.eraser.loss(self.ctx.student, next_batch("concept"), generator)
+        gap = (l_ft - l_ft_inner).detach()
+        return l_cu + self.lam * l_ft, {"suppression": l_cu.detach(), "finetune": l_ft.detach(), "gap": gap}
+
+
+@register
+class Bilevel(Method):
+    name = "bilevel"
+    sections = ("concepts", "eraser")
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        erasers.validate(cfg)
+        m = cfg.method
+        if m.solver not in SOLVERS:
+            raise ConfigError("method.solver", m.solver, f"one of {', '.join(SOLVERS)}")
+        check_positive(cfg, "method.K", int)
+        check_positive(cfg, "method.upper_lr")
+        check_positive(cfg, "method.upper_batch_size", int)
+        check_positive(cfg, "method.upper_warmup_steps", int, allow_zero=True)
+        check_positive(cfg, "method.lam", allow_zero=True)
+        if m.upper_params not in erasers.PARAM_SUBSETS["esd"]:
+            raise ConfigError("method.upper_params", m.upper_params, ", ".join(erasers.PARAM_SUBSETS["esd"]))
+        if m.x_source not in erasers.X_SOURCES:
+            raise ConfigError("method.x_source", m.x_source, ", ".join(erasers.X_SOURCES))
+
+    def stages(self):
+        # The upper objective's reference is the frozen ORIGINAL (unpruned) teacher.
+        eraser = erasers.Eraser(self.ctx, self.ctx.teacher, x_source=self.cfg.method.x_source)
+        stage = PenaltyStage if self.cfg.method.solver == "penalty" else AlternatingStage
+        yield stage(self.ctx, eraser)

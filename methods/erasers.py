@@ -1,0 +1,124 @@
+"""Concept-suppression objectives (the upper level L_CU) and the eraser stage of two-stage.
+
+- ESD (Gandikota et al. 2023): regress the model's prediction for the concept prompt onto
+  negative guidance from a frozen model: F(x_t, ∅) − η (F(x_t, c) − F(x_t, ∅)).
+- Concept ablation (Kumari et al. 2023, model-based): regress it onto the frozen model's
+  prediction for an anchor prompt ("a painting" for an artist; the plain caption in the world).
+
+x_t comes either from forward-noising concept images (`images`, the authors' bilevel code) or
+from partially running the frozen model's own DDIM sampler on the prompt (`sampler`, ESD's
+recipe)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from harness.concepts import Concept
+from harness.errors import ConfigError
+from harness.losses import ablation_target, esd_target, noisy_inputs, weighted_mse
+from harness.method import check_positive
+from harness.sampling import sample
+from harness.trainer import Optim, Stage
+
+ERASERS = ("esd", "concept_ablation")
+PARAM_SUBSETS = {
+    "esd": ("xattn", "noxattn", "full"),
+    "concept_ablation": ("xattn", "full"),
+}
+X_SOURCES = ("images", "sampler")
+
+
+def validate(cfg) -> None:
+    er = cfg.eraser
+    if er.name not in ERASERS:
+        raise ConfigError("eraser", er.name, f"one of {', '.join(ERASERS)}")
+    if er.params not in PARAM_SUBSETS[er.name]:
+        raise ConfigError("eraser.params", er.params, f"for {er.name}: {', '.join(PARAM_SUBSETS[er.name])}")
+    check_positive(cfg, "eraser.lr")
+    check_positive(cfg, "eraser.steps", int, allow_zero=True)
+    check_positive(cfg, "eraser.batch_size", int)
+    check_positive(cfg, "eraser.sampler_steps", int)
+    if er.name == "esd":
+        check_positive(cfg, "eraser.eta", allow_zero=True)
+
+
+def parameter_subset(unet: nn.Module, which: str) -> list[nn.Parameter]:
+    """ESD-x trains cross-attention only (`attn2`), ESD-u everything else, `full` all."""
+    if which == "full":
+        return [p for p in unet.parameters()]
+    in_xattn = [(".attn2." in f".{n}") for n, _ in unet.named_parameters()]
+    keep = in_xattn if which == "xattn" else [not x for x in in_xattn]
+    return [p for (_, p), k in zip(unet.named_parameters(), keep) if k]
+
+
+def concept_of(caption: str, concepts: list[Concept]) -> Concept:
+    return next((c for c in concepts if c.phrase and c.phrase in caption), concepts[0])
+
+
+class Eraser:
+    """The suppression loss of one eraser config against a frozen reference model."""
+
+    def __init__(self, ctx, frozen: nn.Module, x_source: str):
+        if x_source not in X_SOURCES:
+            raise ConfigError("x_source", x_source, f"one of {', '.join(X_SOURCES)}")
+        self.ctx, self.frozen, self.x_source, self.cfg = ctx, frozen, x_source, ctx.cfg.eraser
+
+    def _noisy(self, batch: dict, generator: torch.Generator):
+        parts = self.ctx.parts
+        if self.x_source == "images":
+            x0 = parts.encode_images(batch["images"], generator)
+            x_t, t, _ = noisy_inputs(parts.noise_scheduler, x0, generator)
+            return x_t, t
+        prompts = self._reference_prompts(batch["captions"])
+        steps = self.cfg.sampler_steps
+        stop = int(torch.randint(1, steps, (1,), generator=generator)) if steps > 1 else 1
+        return sample(self.frozen, parts, prompts, steps, self.cfg.sampler_guidance, generator, stop_after=stop)
+
+    def _reference_prompts(self, captions: list[str]) -> list[str]:
+        if self.cfg.name == "concept_ablation":  # CA generates from the anchor prompt
+            return [concept_of(c, self.ctx.erase).ablate(c) for c in captions]
+        return list(captions)
+
+    def loss(self, student: nn.Module, batch: dict, generator: torch.Generator):
+        parts = self.ctx.parts
+        captions = batch["captions"]
+        x_t, t = self._noisy(batch, generator)
+        cond = parts.encode_prompts(captions)
+        if self.cfg.name == "esd":
+            uncond = parts.encode_prompts([""] * len(captions))
+            target = esd_target(self.frozen, x_t, t, cond, uncond, self.cfg.eta)
+        else:
+            anchors = [concept_of(c, self.ctx.erase).ablate(c) for c in captions]
+            target = ablation_target(self.frozen, x_t, t, parts.encode_prompts(anchors))
+        loss = weighted_mse(student(x_t, t, cond).sample, target)
+        return loss, {}
+
+
+class EraseStage(Stage):
+    """Two-stage's second stage: erase the concepts from the fine-tuned student."""
+
+    name = "erase"
+
+    def __init__(self, ctx, frozen: nn.Module, x_source: str):
+        self.ctx, self.steps = ctx, ctx.cfg.eraser.steps
+        self.eraser = Eraser(ctx, frozen, x_source)
+        self.trainable = parameter_subset(ctx.student, ctx.cfg.eraser.params)
+        for p in ctx.student.parameters():
+            p.requires_grad_(False)
+        for p in self.trainable:
+            p.requires_grad_(True)
+
+    def modules(self):
+        return {"student": self.ctx.student}
+
+    def optimizers(self):
+        return {"erase": Optim(self.trainable, self.ctx.cfg.eraser.lr)}
+
+    def streams(self):
+        return {"concept": self.ctx.stream(self.ctx.data.concept, self.ctx.cfg.eraser.batch_size, "concept")}
+
+    def loss(self, optimizer: str, next_batch: Callable, generator):
+        return self.eraser.loss(self.ctx.student, next_batch("concept"), generator)

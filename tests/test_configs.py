@@ -1,0 +1,56 @@
+"""Every config composes; every world/tiny combination validates."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.app import CONF, group_options
+from harness.errors import MissingInputError
+from harness.validate import validate
+from harness.app import plan_sweep
+from tests.conftest import SMALL, SMALL_WORLD, compose
+
+OPTIONS = [(group, choice) for group, choices in group_options().items() for choice in choices]
+
+
+@pytest.mark.parametrize("group,choice", OPTIONS, ids=[f"{g}={c}" for g, c in OPTIONS])
+def test_every_config_composes(group, choice):
+    cfg = compose([f"{group}={choice}"])
+    assert cfg is not None
+    if group == "model" and choice == "sd21":
+        with pytest.raises(MissingInputError, match="model.path="):
+            validate(cfg)
+    elif group == "data" and choice == "coco":
+        with pytest.raises(MissingInputError, match="data.root="):
+            validate(cfg)
+    elif group == "concepts" and choice == "artists":
+        with pytest.raises(ValueError, match="concepts.erase='van_gogh'"):
+            validate(cfg)  # artists belong to the art domain, not the world
+    else:
+        validate(cfg)
+
+
+def test_config_groups_mirror_the_code():
+    groups = {p.name for p in CONF.iterdir() if p.is_dir()}
+    assert {"model", "data", "concepts", "pruning", "method", "eraser", "eval"} <= groups
+
+
+@pytest.mark.parametrize("sweep", group_options()["sweep"])
+def test_every_sweep_expands_to_valid_distinct_cells(sweep):
+    cells = plan_sweep([f"sweep={sweep}", *SMALL_WORLD, *SMALL])
+    ids = [c.id for c, _ in cells]
+    assert len(ids) == len(set(ids)) > 1
+    methods = {c.cfg.method.name for c, _ in cells}
+    assert methods == {"distill", "two_stage", "bilevel"}
+    assert cells[0][0].cfg.method.name == "distill"  # what two-stage starts from goes first
+
+
+def test_paper_table_has_k_only_for_bilevel():
+    cells = [c for c, _ in plan_sweep(["sweep=paper_table"])]
+    by_method = {}
+    for c in cells:
+        by_method.setdefault(c.cfg.method.name, []).append(c)
+    assert len({c.cfg.method.K for c in by_method["bilevel"]}) >= 2
+    # distill depends on neither K nor concept set: one cell per pruning ratio
+    ratios = {c.cfg.pruning.ratio for c in cells}
+    assert len(by_method["distill"]) == len(ratios)
