@@ -20,7 +20,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from harness.errors import ConfigError, MissingInputError
+from harness.errors import ConfigError, MissingInputError, fail
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = Path(__file__).resolve().parent / "conf"
@@ -62,18 +62,31 @@ def group_options() -> dict[str, list[str]]:
 
 
 def precheck(argv: list[str]) -> None:
-    """Unknown config-group choices fail here in one line (Hydra's own message spans many)."""
+    """Fail in one line, before Hydra starts, on an unknown config-group choice or a config
+    that does not compose (Hydra's own messages span many lines)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+
+    if any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc") for a in argv):
+        return
     options = group_options()
-    for arg in argv:
-        if arg.startswith("-") or "=" not in arg:
-            continue
+    overrides = [a for a in argv if not a.startswith("-")]
+    for arg in overrides:
         key, _, value = arg.partition("=")
         key = key.lstrip("+~")
         if key in options and value and not any(ch in value for ch in "()[]{}$"):
             for choice in value.split(","):
                 if choice not in options[key] and choice != "null":
-                    print(f"error: {key}={choice} is not accepted: one of {', '.join(options[key])}", file=sys.stderr)
-                    sys.exit(2)
+                    fail(f"{key}={choice} is not accepted: one of {', '.join(options[key])}")
+    multirun = "-m" in argv or "--multirun" in argv
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF)))
+    try:
+        loader.load_configuration("config", overrides=overrides, run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
+    except HydraException as exc:
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        fail(" ".join(lines[:2]))
 
 
 def setup_logging() -> None:
@@ -100,8 +113,7 @@ def task(cfg: DictConfig):
         try:
             validate(cfg)
         except (ConfigError, MissingInputError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(2)
+            fail(str(exc))
     results = run_cell(cfg)
     if not multirun:
         summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in results["metrics"].items()}
@@ -109,10 +121,28 @@ def task(cfg: DictConfig):
     return results
 
 
-def main() -> None:
+def check(argv: list[str]) -> None:
+    """Everything that can be checked before a job starts: group choices, composition, and
+    every cell's values (all cells of a sweep). Exits 2 with one line on the first problem."""
     register_sweeps()
     register_sweeper()
-    precheck(sys.argv[1:])
+    precheck(argv)
+    overrides = [a for a in argv if not a.startswith("-")]
+    if any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c") for a in argv):
+        return
+    if "-m" in argv or "--multirun" in argv:
+        plan_sweep(overrides)  # validates every cell; exits 2 on the first bad one
+        return
+    from harness.validate import validate
+
+    try:
+        validate(compose_config(overrides))
+    except (ConfigError, MissingInputError) as exc:
+        fail(str(exc))
+
+
+def main() -> None:
+    check(sys.argv[1:])
     task()
 
 

@@ -1,5 +1,7 @@
 """Errors the harness reports to the user in one line, before any job starts."""
 
+import sys
+
 
 class ConfigError(ValueError):
     """A bad configuration value. The message names the key, the value and what is accepted."""
@@ -11,3 +13,9 @@ class ConfigError(ValueError):
 
 class MissingInputError(FileNotFoundError):
     """A local input (weights, data set) that the configuration points at is absent."""
+
+
+def fail(message: str) -> None:
+    """Report a bad input in one line and exit with status 2 (nothing has been written)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)

@@ -35,11 +35,14 @@ def cell_log(cell: Cell):
     handler = logging.FileHandler(cell.path("train.log"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger = logging.getLogger("harness")
+    level = logger.level
+    logger.setLevel(logging.INFO)  # the cell's log is complete whatever the console shows
     logger.addHandler(handler)
     try:
         yield
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
         handler.close()
 
 
@@ -64,9 +67,9 @@ def _run_locked(cfg: DictConfig, cell: Cell, tracker: Tracker) -> dict:
     attempts.append({"started_at": _now(), "host": env["host"], "slurm": env["slurm"]})
     write_atomic(env_path, json.dumps({**env, "attempts": attempts}, indent=1))
     run = CellRun(tracker, cell, cfg.tracking.get("parent_run_id"), cfg.tracking.flush_every_s)
-    run.start(env)
     with cell_log(cell):
         log.info("cell %s (%s), attempt %d, in %s", cell.id, cfg.method.name, len(attempts), cell.dir)
+        run.start(env)
         try:
             results = _train_and_evaluate(cfg, cell, run, tracker)
         except BaseException as exc:  # KeyboardInterrupt/SystemExit too: the marker says why
@@ -92,6 +95,7 @@ def _train_and_evaluate(cfg: DictConfig, cell: Cell, run: CellRun, tracker: Trac
     ctx = build_context(cfg, cell.dir, require_cell)
 
     def on_log(stage: str, step: int, values: dict) -> None:
+        values = {f"{stage}/{k}": v for k, v in values.items()}  # e.g. bilevel/upper/loss
         cell.append_metrics({"time": time.time(), "stage": stage, "step": step, "values": values})
         run.flush()
 

@@ -25,14 +25,9 @@ from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
-from harness.errors import ConfigError, MissingInputError
+from harness.errors import ConfigError, MissingInputError, fail
 
 log = logging.getLogger("harness")
-
-
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 class HarnessSweeper(Sweeper):
