@@ -57,3 +57,43 @@ def context_for(tmp_path):
         return build_context(cfg, folder, require_cell=None)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def sd21_dir(tmp_path_factory):
+    """A Stable-Diffusion-2.1-shaped pipeline folder at toy size (diffusers layout, latent
+    space, v-prediction, a CLIP BPE tokenizer), written with save_pretrained: it exercises the
+    real loading path of `model=sd21` without the 5 GB checkpoint."""
+    import json as _json
+
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    root = tmp_path_factory.mktemp("sd21")
+    torch.manual_seed(0)
+    UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=2, norm_num_groups=4,
+    ).save_pretrained(root / "unet")
+    AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4,
+        sample_size=16,
+    ).save_pretrained(root / "vae")
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,'-")
+    vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    tok_dir = root / "tokenizer"
+    tok_dir.mkdir()
+    (tok_dir / "vocab.json").write_text(_json.dumps(vocab))
+    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=32)
+    tokenizer.save_pretrained(tok_dir)
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=32,
+                                 eos_token_id=vocab["<|endoftext|>"], bos_token_id=vocab["<|startoftext|>"],
+                                 pad_token_id=vocab["<|endoftext|>"])).save_pretrained(root / "text_encoder")
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                  prediction_type="v_prediction").save_pretrained(root / "scheduler")
+    return root

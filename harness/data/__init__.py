@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from torch.utils.data import Dataset
 
@@ -17,9 +18,14 @@ DATA_NAMES = ("world", "coco")
 @dataclass
 class DataSets:
     finetune: Dataset  # lower level: no concept to erase anywhere in it
-    concept: Dataset  # upper level: images + captions of the concepts to erase
+    make_concept: Callable[[], Dataset]  # upper level: images + captions of the concepts to erase
     heldout_neutral: Dataset  # evaluation: prompts (and real images) with no concept
     heldout_concept: Callable[[Concept], Dataset]  # evaluation: one concept's prompts and images
+
+    @cached_property
+    def concept(self) -> Dataset:
+        """Built on first use: distillation alone never needs it."""
+        return self.make_concept()
 
 
 def build_data(data_cfg, resolution: int, erase: list[Concept]) -> DataSets:
@@ -29,7 +35,7 @@ def build_data(data_cfg, resolution: int, erase: list[Concept]) -> DataSets:
         n = data_cfg.heldout_size
         return DataSets(
             finetune=world.finetune_set(data_cfg, resolution),
-            concept=world.concept_set(data_cfg, resolution, erase),
+            make_concept=lambda: world.concept_set(data_cfg, resolution, erase),
             heldout_neutral=world.heldout_set(data_cfg, resolution, None, n),
             heldout_concept=lambda c: world.heldout_set(data_cfg, resolution, [c], n),
         )
@@ -38,7 +44,7 @@ def build_data(data_cfg, resolution: int, erase: list[Concept]) -> DataSets:
 
         return DataSets(
             finetune=CocoCaptions(data_cfg.root, "train", resolution, data_cfg.get("limit")),
-            concept=ConceptImages(data_cfg.concept_source, erase, resolution),
+            make_concept=lambda: ConceptImages(data_cfg.concept_source, erase, resolution),
             heldout_neutral=CocoCaptions(data_cfg.root, "val", resolution, data_cfg.heldout_size),
             heldout_concept=lambda c: ConceptImages(
                 data_cfg.get("heldout_concept_source") or data_cfg.concept_source, [c], resolution

@@ -71,5 +71,7 @@ class DiffusionParts:
 
     def latent_shape(self, batch: int) -> tuple[int, ...]:
         channels = self.unet.config.in_channels
-        size = self.resolution if self.vae is None else self.resolution // 8
-        return (batch, channels, size, size)
+        if self.vae is None:
+            return (batch, channels, self.resolution, self.resolution)
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)  # 8 for SD's VAE
+        return (batch, channels, self.resolution // factor, self.resolution // factor)
