@@ -13,7 +13,9 @@ for the pruned result.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -110,7 +112,8 @@ def count_macs_params(unet: nn.Module) -> tuple[int, int]:
 
     unet.set_attn_processor(AttnProcessor())
     try:
-        macs, params = tp.utils.count_ops_and_params(unet, example_inputs(unet, batch=1))
+        with contextlib.redirect_stdout(io.StringIO()):  # its keyword-input notice is noise here
+            macs, params = tp.utils.count_ops_and_params(unet, example_inputs(unet, batch=1))
     finally:
         unet.set_attn_processor(AttnProcessor2_0())
     return int(macs), int(params)

@@ -32,7 +32,7 @@ def test_every_config_composes(group, choice):
 
 def test_config_groups_mirror_the_code():
     groups = {p.name for p in CONF.iterdir() if p.is_dir()}
-    assert {"model", "data", "concepts", "pruning", "method", "eraser", "eval"} <= groups
+    assert {"model", "data", "concepts", "pruning", "method", "eraser", "eval", "launcher"} <= groups
 
 
 @pytest.mark.parametrize("sweep", group_options()["sweep"])
@@ -54,3 +54,15 @@ def test_paper_table_has_k_only_for_bilevel():
     # distill depends on neither K nor concept set: one cell per pruning ratio
     ratios = {c.cfg.pruning.ratio for c in cells}
     assert len(by_method["distill"]) == len(ratios)
+
+
+def test_command_line_values_apply_to_every_grid_and_foreign_keys_change_nothing():
+    def key(cell):
+        return cell.cfg.method.name, cell.cfg.method.get("solver"), cell.cfg.eraser.name
+
+    plain = {key(c): c.id for c, _ in plan_sweep(["sweep=smoke"])}
+    forced = plan_sweep(["sweep=smoke", "++method.K=3"])
+    assert len(forced) == len(plain)
+    for cell, _ in forced:
+        assert cell.cfg.method.K == 3
+        assert (cell.id == plain[key(cell)]) == (cell.cfg.method.name != "bilevel"), key(cell)
