@@ -1,0 +1,37 @@
+"""Prompt- and style-level scores on embeddings.
+
+- CLIP score: 100 × cos(image, prompt), averaged (no clipping at 0).
+- Style similarity (CSD): 100 × cos between the style embedding of each generated image and
+  that of the reference image for the same prompt and seed (the un-erased distilled model's,
+  as in the paper: so the reference model scores 100), averaged.
+- CP score: % of concept prompts whose generated image is LESS similar (CLIP) to its prompt
+  than the reference model's image for the same prompt and seed.
+- Presence rate: % of images a style classifier assigns to the given concept.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _cos(a, b) -> torch.Tensor:
+    return F.cosine_similarity(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64), dim=-1)
+
+
+def clip_score(image_emb, text_emb) -> float:
+    return float(100.0 * _cos(image_emb, text_emb).mean())
+
+
+def style_similarity(gen_style_emb, ref_style_emb) -> float:
+    return float(100.0 * _cos(gen_style_emb, ref_style_emb).mean())
+
+
+def cp_score(gen_image_emb, ref_image_emb, prompt_emb) -> float:
+    less_similar = _cos(gen_image_emb, prompt_emb) < _cos(ref_image_emb, prompt_emb)
+    return float(100.0 * less_similar.double().mean())
+
+
+def presence_rate(class_logits, concept_index: int) -> float:
+    predicted = torch.as_tensor(class_logits).argmax(dim=-1)
+    return float(100.0 * (predicted == concept_index).double().mean())

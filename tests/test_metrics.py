@@ -1,0 +1,106 @@
+"""Metric math against independent computations, and the real backbones' missing-file errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import linalg
+
+from harness.errors import MissingInputError
+from harness.metrics import clip_score, cmmd, cp_score, fid_from_features, presence_rate, style_similarity
+from harness.metrics.backbones import ClipEmbedder, inception
+
+RNG = np.random.default_rng(0)
+REF = RNG.normal(size=(400, 16))
+
+
+def scipy_fid(a, b):
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def direct_mmd(x, y, sigma=10.0, scale=1000.0):
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    y = y / np.linalg.norm(y, axis=1, keepdims=True)
+
+    def k(a, b):
+        d2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+        return np.exp(-d2 / (2 * sigma**2)).mean()
+
+    return scale * (k(x, x) + k(y, y) - 2 * k(x, y))
+
+
+def test_identical_sets_score_zero():
+    assert abs(fid_from_features(REF, REF)) < 1e-6
+    assert abs(cmmd(REF, REF)) < 1e-9
+
+
+def test_a_shifted_set_scores_worse_than_a_perturbed_one():
+    perturbed = REF + RNG.normal(scale=0.05, size=REF.shape)
+    shifted = REF + 1.0
+    assert fid_from_features(shifted, REF) > fid_from_features(perturbed, REF) > 0
+    rotated = np.roll(REF, 3, axis=1) + 2.0  # CMMD sees directions: move them
+    assert cmmd(rotated, REF) > cmmd(perturbed, REF) >= 0
+
+
+def test_fid_agrees_with_an_independent_frechet_computation():
+    other = RNG.normal(loc=0.3, scale=1.2, size=(300, 16))
+    ours, theirs = fid_from_features(other, REF), scipy_fid(other, REF)
+    assert abs(ours - theirs) / theirs < 1e-3
+
+
+def test_fid_accepts_precomputed_reference_stats():
+    other = RNG.normal(loc=0.3, size=(300, 16))
+    stats = (REF.mean(0), np.cov(REF, rowvar=False))
+    assert fid_from_features(other, stats) == pytest.approx(fid_from_features(other, REF))
+
+
+def test_cmmd_agrees_with_the_formula_and_is_blocked():
+    x, y = RNG.normal(size=(130, 8)), RNG.normal(loc=0.5, size=(70, 8))
+    expected = direct_mmd(x, y)
+    assert cmmd(x, y) == pytest.approx(expected, rel=1e-9)
+    assert cmmd(x, y, block=16) == pytest.approx(expected, rel=1e-9)  # many blocks, same sum
+
+
+def test_prompt_and_style_scores():
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    txt = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert clip_score(img, txt) == pytest.approx(50.0)
+    assert style_similarity(img, img) == pytest.approx(100.0)
+    ref = torch.tensor([[1.0, 0.1], [1.0, 0.0]])
+    assert cp_score(img, ref, txt) == pytest.approx(50.0)  # 2nd image is less similar than the reference's
+    assert presence_rate(torch.tensor([[0.1, 2.0], [3.0, 0.0], [0.0, 1.0]]), 1) == pytest.approx(200 / 3)
+
+
+def test_fid_on_folders_with_a_custom_extractor_matches_features(tmp_path):
+    """clean-fid's folder pipeline with our own extractor (how the world computes FID)."""
+    from cleanfid.fid import get_folder_features
+
+    for i in range(6):
+        Image.fromarray(RNG.integers(0, 255, size=(16, 16, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    weights = torch.randn(3 * 16 * 16, 5, generator=torch.Generator().manual_seed(0))
+    extractor = lambda x: x.flatten(1) @ weights  # noqa: E731  (B,3,H,W) in 0..255
+    feats = get_folder_features(str(tmp_path), extractor, num_workers=0, batch_size=4, device=torch.device("cpu"),
+                                mode="clean", custom_fn_resize=lambda im: im.astype(np.float32), verbose=False)
+    assert feats.shape == (6, 5)
+    direct = np.stack([np.asarray(Image.open(tmp_path / f"{i}.png"), dtype=np.float32).transpose(2, 0, 1).reshape(-1) for i in range(6)]) @ weights.numpy()
+    assert np.allclose(np.sort(feats, axis=0), np.sort(direct, axis=0), rtol=1e-4)
+
+
+def test_missing_inception_weights_name_the_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # where torch hub keeps pytorch-fid's weights
+    expected = tmp_path / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+    with pytest.raises(MissingInputError, match=f"legacy_pytorch not found at {expected}"):
+        inception("legacy_pytorch", torch.device("cpu"))
+    monkeypatch.setattr("harness.metrics.backbones.inception_weights", lambda m: tmp_path / "inception-2015-12-05.pt")
+    with pytest.raises(MissingInputError, match="clean not found at"):
+        inception("clean", torch.device("cpu"))
+
+
+def test_missing_clip_backbone_names_the_path(tmp_path):
+    with pytest.raises(MissingInputError, match=f"CLIP backbone not found at {tmp_path}"):
+        ClipEmbedder(tmp_path, torch.device("cpu"))
