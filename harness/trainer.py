@@ -60,6 +60,9 @@ class Stage(ABC):
     def loss(self, optimizer: str, next_batch: Callable[[str], dict], generator: torch.Generator):
         """The loss that optimizer `optimizer` minimises now: (scalar tensor, {name: detached tensor})."""
 
+    def after_step(self, step: int) -> None:
+        """Called after the iteration's optimizer steps (e.g. to update an EMA copy)."""
+
 
 @dataclass
 class TrainConfig:
@@ -165,6 +168,7 @@ class Trainer:
                 for group in opt.param_groups:
                     group["lr"] = spec.lr * scale
                 opt.step()
+            stage.after_step(step)
             done += 1
             last = step + 1 == stage.steps
             if pending and ((step + 1) % cfg.log_every == 0 or last):

@@ -1,0 +1,27 @@
+"""The world-model recipe at a few steps, so it cannot rot; and its weights load into the harness."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from harness.models import build_parts
+from harness.world.build import SCALES, build
+from tests.conftest import compose
+
+
+def test_tiny_build_writes_weights_manifest_and_loads(tmp_path):
+    manifest = build(tmp_path, SCALES["tiny"], torch.device("cpu"))
+    for name in ("world_clip", "style_descriptor", "teacher"):
+        assert (tmp_path / f"{name}.safetensors").is_file()
+        assert manifest["checksums"][f"{name}.safetensors"]
+    on_disk = json.loads((tmp_path / "manifest.json").read_text())
+    assert on_disk["recipe"]["teacher_steps"] == SCALES["tiny"].teacher_steps
+    assert 0.0 <= on_disk["gates"]["style_accuracy_heldout"] <= 1.0
+    assert set(on_disk["gates"]["teacher_style_rate"]) == {"stripes", "checker", "dots", "frame", "outline", "invert"}
+    parts = build_parts(compose([f"model.weights={tmp_path / 'teacher.safetensors'}"]).model)
+    from safetensors.torch import load_file
+
+    shipped = load_file(str(tmp_path / "teacher.safetensors"))
+    assert torch.equal(parts.unet.conv_in.weight, shipped["unet.conv_in.weight"])
