@@ -97,3 +97,15 @@ def sd21_dir(tmp_path_factory):
     DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                   prediction_type="v_prediction").save_pretrained(root / "scheduler")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_world_weights(tmp_path_factory):
+    """The world-model recipe run for a few steps (weights exist; their quality does not matter)."""
+    import torch
+
+    from harness.world.build import SCALES, build
+
+    out = tmp_path_factory.mktemp("world")
+    build(out, SCALES["tiny"], torch.device("cpu"))
+    return out

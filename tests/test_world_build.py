@@ -7,12 +7,13 @@ import json
 import torch
 
 from harness.models import build_parts
-from harness.world.build import SCALES, build
+from harness.world.build import SCALES
 from tests.conftest import compose
 
 
-def test_tiny_build_writes_weights_manifest_and_loads(tmp_path):
-    manifest = build(tmp_path, SCALES["tiny"], torch.device("cpu"))
+def test_tiny_build_writes_weights_manifest_and_loads(tiny_world_weights):
+    tmp_path = tiny_world_weights
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
     for name in ("world_clip", "style_descriptor", "teacher"):
         assert (tmp_path / f"{name}.safetensors").is_file()
         assert manifest["checksums"][f"{name}.safetensors"]

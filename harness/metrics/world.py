@@ -1,0 +1,78 @@
+"""The Concept World's metric backbones, loaded from the build's weights folder.
+
+World CLIP's image tower plays Inception (FID features) and CLIP's image encoder (CLIP score,
+CMMD); its text tower encodes prompts; the style descriptor plays CSD (style embeddings) and
+gives concept presence (its class)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from harness.errors import MissingInputError
+from harness.world.towers import STYLE_CLASSES, StyleDescriptor, WorldClip
+
+FILES = ("world_clip.safetensors", "style_descriptor.safetensors")
+NAME = "world-clip+style-descriptor"
+
+
+class WorldBackbones:
+    name = NAME
+
+    def __init__(self, weights: str | Path, device: torch.device | str = "cpu", batch_size: int = 256):
+        from harness.app import compose_config
+        from harness.models.tiny import build_tiny
+
+        weights = Path(weights).expanduser()
+        for name in FILES:
+            if not (weights / name).is_file():
+                raise MissingInputError(f"world backbones not found: {weights / name} (build them with python -m harness.world.build)")
+        parts = build_tiny(compose_config(["model=tiny"]).model)
+        self.tokenizer, self.device, self.batch_size = parts.tokenizer, torch.device(device), batch_size
+        self.clip = WorldClip(parts.text_encoder)
+        self.clip.load_state_dict(load_file(str(weights / FILES[0])))
+        self.style = StyleDescriptor()
+        self.style.load_state_dict(load_file(str(weights / FILES[1])))
+        for m in (self.clip, self.style):
+            m.to(self.device).eval().requires_grad_(False)
+
+    def _batched(self, fn, images: torch.Tensor) -> torch.Tensor:
+        """`images`: (N, 3, H, W) uint8 (or float in 0..255)."""
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            x = images[i : i + self.batch_size].to(self.device).float() / 127.5 - 1.0
+            out.append(fn(x).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    @torch.no_grad()
+    def fid_features(self, images) -> np.ndarray:
+        return self._batched(self.clip.image_tower, images).double().numpy()
+
+    def fid_extractor(self):
+        """For clean-fid's folder pipeline: (B, 3, H, W) in 0..255 → (B, D)."""
+        return lambda x: self.clip.image_tower(x.to(self.device).float() / 127.5 - 1.0)
+
+    @torch.no_grad()
+    def clip_images(self, images) -> torch.Tensor:
+        return self._batched(self.clip.embed_images, images)
+
+    @torch.no_grad()
+    def clip_texts(self, prompts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return torch.cat([self.clip.embed_texts(ids[i : i + 512].to(self.device)).cpu() for i in range(0, len(ids), 512)])
+
+    @torch.no_grad()
+    def style_embeddings(self, images) -> torch.Tensor:
+        return self._batched(self.style.embed, images)
+
+    @torch.no_grad()
+    def style_logits(self, images) -> torch.Tensor:
+        return self._batched(self.style, images)
+
+    @staticmethod
+    def concept_index(name: str) -> int:
+        return STYLE_CLASSES.index(name)
