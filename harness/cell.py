@@ -50,6 +50,15 @@ def semantic_config(cfg: DictConfig) -> dict:
     return semantic
 
 
+def distill_config(cfg: DictConfig) -> DictConfig:
+    """The config of the distill cell with the same settings: stage 1 of two-stage, and the
+    reference (un-erased distilled) model of every erasing cell's evaluation."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved.pop("hydra", None)
+    resolved["method"] = OmegaConf.to_container(OmegaConf.load(METHOD_CONF / "distill.yaml"))
+    return OmegaConf.create(resolved)
+
+
 def cell_id(cfg: DictConfig) -> str:
     blob = json.dumps(semantic_config(cfg), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:ID_LENGTH]

@@ -89,17 +89,37 @@ def sample_grid(ctx, model, path, concepts) -> None:
     grid.save(path)
 
 
-def evaluate(ctx, model) -> dict:
+def evaluate(ctx, model) -> tuple[dict, dict]:
+    """(metrics, info): info records each metric's backbone, mode, scale and image count."""
     ev = ctx.cfg.eval
     model.eval()
+    neutral = ctx.data.heldout_neutral
     metrics = {
-        "heldout_mse": heldout_mse(ctx, model, ctx.data.heldout_neutral, ev.batch_size, ev.seed),
-        "teacher_heldout_mse": heldout_mse(ctx, ctx.teacher, ctx.data.heldout_neutral, ev.batch_size, ev.seed),
+        "heldout_mse": heldout_mse(ctx, model, neutral, ev.batch_size, ev.seed),
+        "teacher_heldout_mse": heldout_mse(ctx, ctx.teacher, neutral, ev.batch_size, ev.seed),
     }
+    info = {"heldout_mse": {"backbone": "model-level", "mode": "denoising MSE", "images": len(neutral)}}
     concepts = eval_concepts(ctx)
     for concept in concepts:
         dataset = ctx.data.heldout_concept(concept)
         metrics[f"alignment/{concept.name}"] = guidance_alignment(ctx, model, dataset, ev.batch_size, ev.seed)
+        info[f"alignment/{concept.name}"] = {"backbone": "model-level", "mode": "guidance cosine", "images": len(dataset)}
     if ev.grid_neutral or concepts:
         sample_grid(ctx, model, ctx.folder / "samples.png", concepts)
-    return metrics
+    if ev.backbone == "world":
+        from harness.cell import distill_config
+        from harness.image_eval import image_metrics
+        from harness.metrics.world import WorldBackbones
+
+        backbones = WorldBackbones(ev.weights or default_world_weights(), ctx.device)
+        reference = None if ctx.cfg.method.name == "distill" else ctx.require_cell(distill_config(ctx.cfg)) / "images"
+        more, more_info = image_metrics(ctx, model, backbones, concepts, reference)
+        metrics.update(more)
+        info.update(more_info)
+    return metrics, info
+
+
+def default_world_weights():
+    from harness.world.build import WEIGHTS
+
+    return WEIGHTS

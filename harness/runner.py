@@ -120,13 +120,14 @@ def _train_and_evaluate(cfg: DictConfig, cell: Cell, run: CellRun, tracker: Trac
         timings[stage.name] = trainer.fit(stage, cell.path("checkpoints") / stage.name)
     save_pruned(ctx.student, ctx.prune_report, cell.path("student"))
     t_eval = time.perf_counter()
-    metrics = evaluate(ctx, ctx.student)
+    metrics, metric_info = evaluate(ctx, ctx.student)
     cell.append_metrics({"time": time.time(), "stage": "eval", "step": 0, "values": metrics})
     return {
         "cell_id": cell.id,
         "method": cfg.method.name,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "metrics": metrics,
+        "metric_info": metric_info,
         "pruning": {k: v for k, v in vars(ctx.prune_report).items() if k != "kept_channels"},
         "timings": {**timings, "eval_seconds": time.perf_counter() - t_eval, "total_seconds": time.perf_counter() - t_start},
         "finished_at": _now(),

@@ -32,10 +32,15 @@ def sample(
     prompts: list[str],
     steps: int,
     guidance: float,
-    generator: torch.Generator,
+    generator: torch.Generator | None,
     stop_after: int | None = None,
+    seeds: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run DDIM for `stop_after` of `steps` steps (all when None).
+
+    The initial noise comes from `generator`, or, with `seeds`, image i's noise from its own
+    seed: DDIM is deterministic, so an image is then a function of (model, prompt, seed) alone
+    and images of two models pair up by prompt and seed.
 
     Returns (x, t): the UNet-space sample and the timestep it is at (the final images when the
     sampler ran to the end: decode with `parts.decode`)."""
@@ -43,7 +48,12 @@ def sample(
     device = parts.device
     cond = parts.encode_prompts(list(prompts))
     uncond = parts.encode_prompts([""] * len(prompts))
-    x = torch.randn(parts.latent_shape(len(prompts)), generator=generator).to(device) * sampler.init_noise_sigma
+    if seeds is None:
+        x = torch.randn(parts.latent_shape(len(prompts)), generator=generator)
+    else:
+        shape = parts.latent_shape(1)[1:]
+        x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+    x = x.to(device) * sampler.init_noise_sigma
     timesteps = sampler.timesteps
     n = len(timesteps) if stop_after is None else stop_after
     for t in timesteps[:n]:

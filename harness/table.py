@@ -16,12 +16,22 @@ COLUMNS = [
     ("ratio", None),
     ("K", None),
     ("params (M)", None),
+    ("FID ↓", "fid"),
+    ("CLIP ↑", "clip_score"),
+    ("CMMD ↓", "cmmd"),
+    ("CLIP to concept ↓", "clip_concept_erased"),
+    ("CP ↑", "cp_erased"),
+    ("CSD ↓", "csd_erased"),
+    ("presence erased ↓", "presence_erased"),
+    ("presence retained ↑", "presence_retained"),
     ("held-out MSE ↓", "heldout_mse"),
     ("align erased ↓", "alignment_erased"),
     ("align retained ↑", "alignment_retained"),
     ("cell s", None),
     ("cell", None),
 ]
+# Per-concept metrics, averaged over the row's erased (and retained) concepts.
+PER_CONCEPT = ("alignment", "clip_concept", "cp", "csd", "presence")
 
 
 def method_label(cfg) -> str:
@@ -64,9 +74,11 @@ def rows_for(cells) -> list[dict]:
             if results:
                 m = results["metrics"]
                 row["params (M)"] = results["pruning"]["params_after"] / 1e6
-                row["heldout_mse"] = m.get("heldout_mse")
-                row["alignment_erased"] = _mean([m.get(f"alignment/{c}") for c in erase])
-                row["alignment_retained"] = _mean([m.get(f"alignment/{c}") for c in retain])
+                for key in ("heldout_mse", "fid", "clip_score", "cmmd"):
+                    row[key] = m.get(key)
+                for key in PER_CONCEPT:
+                    row[f"{key}_erased"] = _mean([m.get(f"{key}/{c}") for c in erase])
+                    row[f"{key}_retained"] = _mean([m.get(f"{key}/{c}") for c in retain])
                 row["cell s"] = results["timings"]["total_seconds"]  # training + evaluation
             rows.append(row)
     rows.sort(key=lambda r: (r["concepts"], r["ratio"], r["method"], r["K"] if r["K"] != "" else -1))
@@ -82,14 +94,16 @@ def _fmt(value) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    header = [c for c, _ in COLUMNS]
+    # A metric column shows when some row has the metric (image metrics need eval.backbone).
+    columns = [(c, k) for c, k in COLUMNS if k is None or any(r.get(k) is not None for r in rows)]
+    header = [c for c, _ in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         if r["state"] != "completed":
-            cells = [_fmt(r.get(c)) if c in ("method", "concepts", "ratio", "K", "cell") else "" for c, _ in COLUMNS]
-            cells[COLUMNS.index(("params (M)", None))] = f"*{r['state']}*"
+            cells = [_fmt(r.get(c)) if c in ("method", "concepts", "ratio", "K", "cell") else "" for c, _ in columns]
+            cells[columns.index(("params (M)", None))] = f"*{r['state']}*"
         else:
-            cells = [_fmt(r.get(key or c)) for c, key in COLUMNS]
+            cells = [_fmt(r.get(key or c)) for c, key in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -99,7 +113,8 @@ def write_table(cells, folder: Path) -> str:
     text = markdown(rows)
     (folder / "table.md").write_text(text)
     buf = io.StringIO()
-    fields = ["method", "concepts", "ratio", "K", "state", "params (M)", "heldout_mse", "alignment_erased", "alignment_retained", "cell s", "cell"]
+    fields = ["method", "concepts", "ratio", "K", "state", "params (M)", "fid", "clip_score", "cmmd", "heldout_mse",
+              *(f"{k}_{side}" for k in PER_CONCEPT for side in ("erased", "retained")), "cell s", "cell"]
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)

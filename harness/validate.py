@@ -48,6 +48,7 @@ def validate(cfg: DictConfig) -> None:
     for key in ("batch_size", "sample_steps"):
         check_positive(cfg, f"eval.{key}", int)
     check_positive(cfg, "eval.grid_neutral", int, allow_zero=True)
+    _eval_backbone(cfg)
     check_positive(cfg, "runtime.checkpoint_every", int)
     check_positive(cfg, "runtime.log_every", int)
     method.validate(cfg)
@@ -83,3 +84,18 @@ def _data(cfg: DictConfig) -> None:
                 raise MissingInputError(f"data.root={root}: missing {sub}/ (MS-COCO 2017 layout: annotations/captions_train2017.json, images/train2017/)")
         if not Path(str(d.concept_source)).expanduser().exists():
             raise MissingInputError(f"data.concept_source={d.concept_source}: no such file or folder (an image folder or a parquet/arrow table)")
+
+
+def _eval_backbone(cfg: DictConfig) -> None:
+    ev = cfg.eval
+    if ev.backbone not in ("none", "world"):
+        raise ConfigError("eval.backbone", ev.backbone, "none or world")
+    if ev.backbone == "world":
+        from harness.world.build import WEIGHTS
+
+        weights = Path(str(ev.weights)).expanduser() if ev.weights else WEIGHTS
+        for name in ("world_clip.safetensors", "style_descriptor.safetensors"):
+            if not (weights / name).is_file():
+                raise MissingInputError(f"eval.weights={weights}: missing {name} (build with python -m harness.world.build)")
+        for key in ("neutral_prompts", "concept_prompts"):
+            check_positive(cfg, f"eval.{key}", int)

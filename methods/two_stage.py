@@ -10,9 +10,7 @@
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
-
-from harness.cell import METHOD_CONF
+from harness.cell import distill_config
 from harness.method import Method, register
 from methods import erasers
 
@@ -26,13 +24,7 @@ class TwoStage(Method):
     def validate(cls, cfg) -> None:
         erasers.validate(cfg)
 
-    def stage_one_config(self):
-        """The config of the distill cell this cell starts from."""
-        cfg = OmegaConf.to_container(self.cfg, resolve=True)
-        cfg["method"] = OmegaConf.to_container(OmegaConf.load(METHOD_CONF / "distill.yaml"))
-        return OmegaConf.create(cfg)
-
     def stages(self):
-        self.ctx.load_student(self.ctx.require_cell(self.stage_one_config()))
+        self.ctx.load_student(self.ctx.require_cell(distill_config(self.cfg)))
         frozen = self.ctx.frozen_copy(self.ctx.student)
         yield erasers.EraseStage(self.ctx, frozen, x_source=self.cfg.eraser.x_source)

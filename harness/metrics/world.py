@@ -23,14 +23,13 @@ class WorldBackbones:
     name = NAME
 
     def __init__(self, weights: str | Path, device: torch.device | str = "cpu", batch_size: int = 256):
-        from harness.app import compose_config
-        from harness.models.tiny import build_tiny
+        from harness.models.tiny import build_tiny, tiny_config
 
         weights = Path(weights).expanduser()
         for name in FILES:
             if not (weights / name).is_file():
                 raise MissingInputError(f"world backbones not found: {weights / name} (build them with python -m harness.world.build)")
-        parts = build_tiny(compose_config(["model=tiny"]).model)
+        parts = build_tiny(tiny_config())
         self.tokenizer, self.device, self.batch_size = parts.tokenizer, torch.device(device), batch_size
         self.clip = WorldClip(parts.text_encoder)
         self.clip.load_state_dict(load_file(str(weights / FILES[0])))

@@ -18,6 +18,12 @@ from harness.models.parts import DiffusionParts
 from harness.world import vocabulary
 
 SPECIAL = ["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"]
+CONFIG = Path(__file__).resolve().parent.parent / "conf" / "model" / "tiny.yaml"
+
+
+def tiny_config() -> DictConfig:
+    """The `model=tiny` config, read without Hydra (safe inside a running Hydra app)."""
+    return OmegaConf.load(CONFIG)
 
 
 def build_tokenizer(max_length: int) -> PreTrainedTokenizerFast:

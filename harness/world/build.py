@@ -41,10 +41,10 @@ class Recipe:
     seed: int = 0
     pool: int = 60_000  # rendered training scenes (25% plain, the rest spread over the styles)
     heldout: int = 2_000
-    clip_steps: int = 3_000
+    clip_steps: int = 1_000
     clip_batch: int = 256
     clip_lr: float = 2e-3
-    style_steps: int = 2_000
+    style_steps: int = 1_500
     style_batch: int = 256
     style_lr: float = 2e-3
     teacher_steps: int = 20_000
@@ -219,12 +219,12 @@ def teacher_style_rate(parts, unet, style: StyleDescriptor, recipe: Recipe, reso
 
 
 def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip", "style", "teacher")) -> dict:
-    from harness.app import compose_config
     from harness.models import build_parts
+    from harness.models.tiny import tiny_config
 
     out.mkdir(parents=True, exist_ok=True)
     work = out / ".build"
-    cfg = compose_config(["model=tiny"]).model
+    cfg = tiny_config()
     torch.manual_seed(recipe.seed)
     parts = build_parts(cfg)
     alphas = parts.noise_scheduler.alphas_cumprod

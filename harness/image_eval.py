@@ -1,0 +1,74 @@
+"""Image-based evaluation of a cell: generate the evaluation sets with fixed seeds, save them
+(PNG + prompts + seeds), and measure them with the paper's metrics.
+
+- neutral held-out prompts (quality): FID and CMMD against held-out real images, CLIP score;
+- each concept's prompts (erased and retained alike): CLIP score to the concept prompt,
+  concept presence (style classifier), and, against the reference model's images for the
+  same prompts and seeds (the un-erased distilled model, as in the paper), style similarity
+  (CSD) and CP score.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from harness import metrics as M
+from harness.imagesets import ImageSet, load_images, save_images
+from harness.sampling import sample
+
+
+def generate(ctx, model, folder: Path, prompts: list[str], seeds: list[int]) -> ImageSet:
+    ev = ctx.cfg.eval
+    chunks = []
+    for i in range(0, len(prompts), ev.batch_size):
+        x, _ = sample(model, ctx.parts, prompts[i : i + ev.batch_size], ev.sample_steps, ev.guidance, None,
+                      seeds=seeds[i : i + ev.batch_size])
+        chunks.append(ctx.parts.decode(x).cpu())
+    return save_images(folder, torch.cat(chunks), prompts, seeds)
+
+
+def _real_uint8(dataset, n: int) -> torch.Tensor:
+    images = torch.stack([dataset[i]["image"] for i in range(min(n, len(dataset)))])
+    return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def image_metrics(ctx, model, backbones, concepts, reference: Path | None) -> tuple[dict, dict]:
+    """Returns (metrics, info): info records backbone, mode, scale and image counts per metric."""
+    ev, root = ctx.cfg.eval, ctx.folder / "images"
+    neutral = ctx.data.heldout_neutral
+    n = min(ev.neutral_prompts, len(neutral))
+    prompts = [neutral[i]["caption"] for i in range(n)]
+    gen = generate(ctx, model, root / "neutral", prompts, [ev.seed * 100_003 + i for i in range(n)]).uint8()
+    real = _real_uint8(neutral, n)
+    base = {"backbone": backbones.name, "scale": "world", "images": n}
+    gen_clip, real_clip = backbones.clip_images(gen), backbones.clip_images(real)
+    metrics = {
+        "fid": M.fid_from_features(backbones.fid_features(gen), backbones.fid_features(real)),
+        "clip_score": M.clip_score(gen_clip, backbones.clip_texts(prompts)),
+        "cmmd": M.cmmd(gen_clip, real_clip),
+    }
+    info = {
+        "fid": {**base, "mode": "clean-fid frechet, native resolution", "reference_images": len(real)},
+        "clip_score": {**base, "mode": "100*cos"},
+        "cmmd": {**base, "mode": "rbf sigma=10 x1000 biased", "reference_images": len(real)},
+    }
+    for concept in concepts:
+        dataset = ctx.data.heldout_concept(concept)
+        k = min(ev.concept_prompts, len(dataset))
+        prompts = [dataset[i]["caption"] for i in range(k)]
+        folder = root / f"concept_{concept.name}"
+        images = generate(ctx, model, folder, prompts, [ev.seed * 100_003 + 50_000 + i for i in range(k)]).uint8()
+        clip_img = backbones.clip_images(images)
+        metrics[f"clip_concept/{concept.name}"] = M.clip_score(clip_img, backbones.clip_texts(prompts))
+        metrics[f"presence/{concept.name}"] = M.presence_rate(backbones.style_logits(images), backbones.concept_index(concept.name))
+        info[f"concept/{concept.name}"] = {**base, "images": k}
+        ref_folder = (reference or ctx.folder / "images") / f"concept_{concept.name}"
+        if ref_folder.is_dir():
+            ref = load_images(ref_folder)
+            if ref.prompts == prompts and ref.seeds[:k] == [ev.seed * 100_003 + 50_000 + i for i in range(k)]:
+                ref_images = ref.uint8()
+                metrics[f"csd/{concept.name}"] = M.style_similarity(backbones.style_embeddings(images), backbones.style_embeddings(ref_images))
+                metrics[f"cp/{concept.name}"] = M.cp_score(clip_img, backbones.clip_images(ref_images), backbones.clip_texts(prompts))
+    return metrics, info

@@ -1,0 +1,46 @@
+"""Image-based evaluation in a cell: evaluation sets saved with prompts and seeds, the paper's
+metrics with their backbone records, CSD and CP against the distilled model's images."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.errors import MissingInputError
+from harness.runner import run_cell
+from harness.validate import validate
+from tests.conftest import compose
+
+EVAL = ["eval.neutral_prompts=6", "eval.concept_prompts=3", "tracking.enabled=false"]
+
+
+def test_cells_measure_images_against_the_distilled_reference(tmp_path, tiny_world_weights):
+    world = ["eval.backbone=world", f"eval.weights={tiny_world_weights}", *EVAL]
+    bilevel = run_cell(compose(["method=bilevel", "method.upper_batch_size=2", "method.K=2", *world], tmp_path))
+    cells = {json.loads((c / "results.json").read_text())["method"]: c for c in (tmp_path / "cells").iterdir()}
+    assert set(cells) == {"bilevel", "distill"}  # the reference model was trained for the comparison
+    distill = json.loads((cells["distill"] / "results.json").read_text())["metrics"]
+    m = bilevel["metrics"]
+    for key in ("fid", "clip_score", "cmmd", "clip_concept/stripes", "presence/stripes", "csd/stripes", "cp/stripes"):
+        assert key in m and key in distill, key
+    assert distill["csd/stripes"] == pytest.approx(100.0) and distill["cp/stripes"] == 0.0
+    assert m["fid"] >= 0 and m["cmmd"] >= -1e-9
+    assert bilevel["metric_info"]["fid"]["backbone"] == "world-clip+style-descriptor"
+    assert bilevel["metric_info"]["fid"]["images"] == 6
+    index = (cells["bilevel"] / "images" / "concept_stripes" / "prompts.jsonl").read_text().splitlines()
+    assert len(index) == 3 and "in the style of stripes" in json.loads(index[0])["prompt"]
+
+
+def test_missing_world_backbones_fail_validation(tmp_path):
+    with pytest.raises(MissingInputError, match=f"eval.weights={tmp_path}"):
+        validate(compose(["eval.backbone=world", f"eval.weights={tmp_path}"]))
+
+
+def test_world_evaluation_runs_inside_the_hydra_app(tmp_path, tiny_world_weights):
+    from tests.conftest import SMALL, SMALL_WORLD, run_cli
+
+    result = run_cli(["harness", *SMALL_WORLD, *SMALL, *EVAL, "eval.backbone=world", f"eval.weights={tiny_world_weights}",
+                      f"out_dir={tmp_path}"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "'fid':" in result.stdout and "'csd/stripes': 100.0" in result.stdout
