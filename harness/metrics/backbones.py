@@ -51,12 +51,17 @@ class ClipEmbedder:
         self.processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
         self.device = device
 
+    @staticmethod
+    def _projected(out) -> torch.Tensor:
+        # transformers 5 returns a model output whose pooler_output is the projected embedding
+        return (out if torch.is_tensor(out) else out.pooler_output).float().cpu()
+
     @torch.no_grad()
     def images(self, pil_images) -> torch.Tensor:
         inputs = self.processor(images=pil_images, return_tensors="pt").to(self.device)
-        return self.model.get_image_features(**inputs).float().cpu()
+        return self._projected(self.model.get_image_features(**inputs))
 
     @torch.no_grad()
     def texts(self, prompts: list[str]) -> torch.Tensor:
         inputs = self.processor(text=prompts, return_tensors="pt", padding=True, truncation=True).to(self.device)
-        return self.model.get_text_features(**inputs).float().cpu()
+        return self._projected(self.model.get_text_features(**inputs))
