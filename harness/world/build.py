@@ -237,6 +237,11 @@ def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip",
                     "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None},
                     torch=torch.__version__)
     log = lambda stage, step, values: print(json.dumps({"stage": stage, "step": step, **values}), flush=True)  # noqa: E731
+
+    def write_manifest() -> None:  # after every part: an interrupted build keeps what it finished
+        manifest["checksums"] = {p.name: _checksum(p) for p in sorted(out.glob("*.safetensors"))}
+        manifest_path.write_text(json.dumps(manifest, indent=1))
+
     trainer = Trainer(TrainConfig(seed=recipe.seed, checkpoint_every=recipe.checkpoint_every, log_every=50, precision="fp32"), device, log)
 
     clip = WorldClip(parts.text_encoder.requires_grad_(True)).to(device)
@@ -245,6 +250,7 @@ def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip",
         trainer.fit(ClipStage(clip, parts.tokenizer, pool, recipe, alphas), work / "clip")
         save_file({k: v.contiguous().cpu() for k, v in clip.state_dict().items()}, str(out / "world_clip.safetensors"))
         manifest["world_clip"] = {"steps": recipe.clip_steps, "seconds": time.time() - start}
+        write_manifest()
     else:
         clip.load_state_dict(load_file(str(out / "world_clip.safetensors")))
     clip.eval().requires_grad_(False)
@@ -259,6 +265,7 @@ def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip",
         style.load_state_dict(load_file(str(out / "style_descriptor.safetensors")))
     style.eval().cpu()
     manifest.setdefault("gates", {})["style_accuracy_heldout"] = style_accuracy(style, heldout)
+    write_manifest()
 
     if "teacher" in parts_wanted:
         parts.text_encoder = clip.text_encoder  # the world CLIP's text tower, frozen
@@ -275,8 +282,7 @@ def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip",
         manifest["gates"]["teacher_style_rate"] = rates
         manifest["gates"]["teacher_style_rate_mean"] = float(np.mean(list(rates.values())))
     manifest["wall_seconds_last_build"] = time.time() - t0
-    manifest["checksums"] = {p.name: _checksum(p) for p in sorted(out.glob("*.safetensors"))}
-    manifest_path.write_text(json.dumps(manifest, indent=1))
+    write_manifest()
     return manifest
 
 
