@@ -40,6 +40,9 @@ def method_label(cfg) -> str:
         return f"two-stage + {cfg.eraser.name}"
     if name == "bilevel":
         return f"bilevel ({cfg.method.solver}, {cfg.eraser.name})"
+    loss = cfg.finetune.loss
+    if not loss.output_kd and not loss.feature_kd:
+        return "diffusion loss only"
     return "distill only"
 
 
