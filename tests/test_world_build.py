@@ -7,7 +7,7 @@ import json
 import torch
 
 from harness.models import build_parts
-from harness.world.build import SCALES
+from harness.world.build import SCALES, build
 from tests.conftest import compose
 
 
@@ -26,3 +26,10 @@ def test_tiny_build_writes_weights_manifest_and_loads(tiny_world_weights):
 
     shipped = load_file(str(tmp_path / "teacher.safetensors"))
     assert torch.equal(parts.unet.conv_in.weight, shipped["unet.conv_in.weight"])
+
+
+def test_gates_can_be_measured_without_training(tiny_world_weights):
+    before = {p.name: p.stat().st_mtime for p in tiny_world_weights.glob("*.safetensors")}
+    manifest = build(tiny_world_weights, SCALES["tiny"], torch.device("cpu"), parts_wanted=())
+    assert {p.name: p.stat().st_mtime for p in tiny_world_weights.glob("*.safetensors")} == before
+    assert set(manifest["gates"]["teacher_style_rate"]) == {"stripes", "checker", "dots", "frame", "outline", "invert"}

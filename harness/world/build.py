@@ -278,7 +278,16 @@ def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip",
         save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(out / "teacher.safetensors"))
         manifest["teacher"] = {"steps": recipe.teacher_steps, "seconds": time.time() - start}
         parts.to(torch.device("cpu"))
-        rates = teacher_style_rate(parts, stage.ema.cpu().eval(), style, recipe, cfg.resolution)
+        teacher = stage.ema.cpu().eval()
+    elif (out / "teacher.safetensors").is_file():  # measure the gates of what was built
+        shipped = load_file(str(out / "teacher.safetensors"))
+        parts.text_encoder = clip.text_encoder.cpu()
+        parts.unet.load_state_dict({k[5:]: v for k, v in shipped.items() if k.startswith("unet.")})
+        teacher = parts.unet.eval()
+    else:
+        teacher = None
+    if teacher is not None:
+        rates = teacher_style_rate(parts, teacher, style, recipe, cfg.resolution)
         manifest["gates"]["teacher_style_rate"] = rates
         manifest["gates"]["teacher_style_rate_mean"] = float(np.mean(list(rates.values())))
     manifest["wall_seconds_last_build"] = time.time() - t0
@@ -293,7 +302,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--teacher-steps", type=int, default=None)
-    parser.add_argument("--only", default="clip,style,teacher", help="comma list of parts to (re)train: clip,style,teacher")
+    parser.add_argument("--only", default="clip,style,teacher",
+                        help="comma list of parts to (re)train: clip,style,teacher; empty: train nothing, measure the gates")
     args = parser.parse_args(argv)
     recipe = replace(SCALES[args.scale], seed=args.seed)
     if args.teacher_steps is not None:
