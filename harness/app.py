@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 CONF = Path(__file__).resolve().parent / "conf"
 SWEEPS = REPO / "sweeps"
 log = logging.getLogger("harness")
+# Hydra flags that show information instead of running: nothing to check.
+INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc"}
 
 
 def register_sweeps() -> None:
@@ -69,7 +71,7 @@ def precheck(argv: list[str]) -> None:
     from hydra.errors import HydraException
     from hydra.types import RunMode
 
-    if any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc") for a in argv):
+    if INFO_FLAGS & set(argv):
         return
     options = group_options()
     overrides = [a for a in argv if not a.startswith("-")]
@@ -128,7 +130,7 @@ def check(argv: list[str]) -> None:
     register_sweeper()
     precheck(argv)
     overrides = [a for a in argv if not a.startswith("-")]
-    if any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c") for a in argv):
+    if INFO_FLAGS & set(argv):
         return
     if "-m" in argv or "--multirun" in argv:
         plan_sweep(overrides)  # validates every cell; exits 2 on the first bad one
