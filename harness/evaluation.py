@@ -111,15 +111,10 @@ def evaluate(ctx, model) -> tuple[dict, dict]:
         from harness.image_eval import image_metrics
         from harness.metrics.world import WorldBackbones
 
-        backbones = WorldBackbones(ev.weights or default_world_weights(), ctx.device)
+        backbones = WorldBackbones(ev.weights, ctx.device)
         reference = None if ctx.cfg.method.name == "distill" else ctx.require_cell(distill_config(ctx.cfg)) / "images"
         more, more_info = image_metrics(ctx, model, backbones, concepts, reference)
         metrics.update(more)
         info.update(more_info)
     return metrics, info
 
-
-def default_world_weights():
-    from harness.world.build import WEIGHTS
-
-    return WEIGHTS

@@ -29,6 +29,11 @@ def generate(ctx, model, folder: Path, prompts: list[str], seeds: list[int]) -> 
     return save_images(folder, torch.cat(chunks), prompts, seeds)
 
 
+def seeds_for(ev, n: int, offset: int = 0) -> list[int]:
+    """Per-image seeds of an evaluation set: the same for every model, so images pair up."""
+    return [ev.seed * 100_003 + offset + i for i in range(n)]
+
+
 def _real_uint8(dataset, n: int) -> torch.Tensor:
     images = torch.stack([dataset[i]["image"] for i in range(min(n, len(dataset)))])
     return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
@@ -40,7 +45,7 @@ def image_metrics(ctx, model, backbones, concepts, reference: Path | None) -> tu
     neutral = ctx.data.heldout_neutral
     n = min(ev.neutral_prompts, len(neutral))
     prompts = [neutral[i]["caption"] for i in range(n)]
-    gen = generate(ctx, model, root / "neutral", prompts, [ev.seed * 100_003 + i for i in range(n)]).uint8()
+    gen = generate(ctx, model, root / "neutral", prompts, seeds_for(ev, n)).uint8()
     real = _real_uint8(neutral, n)
     base = {"backbone": backbones.name, "scale": "world", "images": n}
     gen_clip, real_clip = backbones.clip_images(gen), backbones.clip_images(real)
@@ -59,7 +64,8 @@ def image_metrics(ctx, model, backbones, concepts, reference: Path | None) -> tu
         k = min(ev.concept_prompts, len(dataset))
         prompts = [dataset[i]["caption"] for i in range(k)]
         folder = root / f"concept_{concept.name}"
-        images = generate(ctx, model, folder, prompts, [ev.seed * 100_003 + 50_000 + i for i in range(k)]).uint8()
+        seeds = seeds_for(ev, k, offset=50_000)
+        images = generate(ctx, model, folder, prompts, seeds).uint8()
         clip_img = backbones.clip_images(images)
         metrics[f"clip_concept/{concept.name}"] = M.clip_score(clip_img, backbones.clip_texts(prompts))
         metrics[f"presence/{concept.name}"] = M.presence_rate(backbones.style_logits(images), backbones.concept_index(concept.name))
@@ -67,7 +73,7 @@ def image_metrics(ctx, model, backbones, concepts, reference: Path | None) -> tu
         ref_folder = (reference or ctx.folder / "images") / f"concept_{concept.name}"
         if ref_folder.is_dir():
             ref = load_images(ref_folder)
-            if ref.prompts == prompts and ref.seeds[:k] == [ev.seed * 100_003 + 50_000 + i for i in range(k)]:
+            if ref.prompts == prompts and ref.seeds == seeds:
                 ref_images = ref.uint8()
                 metrics[f"csd/{concept.name}"] = M.style_similarity(backbones.style_embeddings(images), backbones.style_embeddings(ref_images))
                 metrics[f"cp/{concept.name}"] = M.cp_score(clip_img, backbones.clip_images(ref_images), backbones.clip_texts(prompts))

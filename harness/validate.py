@@ -91,11 +91,8 @@ def _eval_backbone(cfg: DictConfig) -> None:
     if ev.backbone not in ("none", "world"):
         raise ConfigError("eval.backbone", ev.backbone, "none or world")
     if ev.backbone == "world":
-        from harness.world.build import WEIGHTS
+        from harness.metrics.world import world_weights
 
-        weights = Path(str(ev.weights)).expanduser() if ev.weights else WEIGHTS
-        for name in ("world_clip.safetensors", "style_descriptor.safetensors"):
-            if not (weights / name).is_file():
-                raise MissingInputError(f"eval.weights={weights}: missing {name} (build with python -m harness.world.build)")
+        world_weights(ev.weights, "eval.weights")
         for key in ("neutral_prompts", "concept_prompts"):
             check_positive(cfg, f"eval.{key}", int)

@@ -51,4 +51,5 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert main(["fid", "--gen", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == "error: --ref is required for fid: a folder of reference images"
     assert main(["presence", "--gen", str(tmp_path), "--concept", "stripes", "--weights", str(tmp_path / "none")]) == 2
-    assert "world backbones not found" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--weights={tmp_path / 'none'}: missing world_clip.safetensors" in err[0]

@@ -19,16 +19,26 @@ FILES = ("world_clip.safetensors", "style_descriptor.safetensors")
 NAME = "world-clip+style-descriptor"
 
 
+def world_weights(path: str | Path | None, key: str = "--weights") -> Path:
+    """The backbones' folder (None: the shipped one), or one line naming the missing file."""
+    if path is None:
+        from harness.world.build import WEIGHTS
+
+        path = WEIGHTS
+    folder = Path(str(path)).expanduser()
+    for name in FILES:
+        if not (folder / name).is_file():
+            raise MissingInputError(f"{key}={folder}: missing {name} (build the world backbones with python -m harness.world.build)")
+    return folder
+
+
 class WorldBackbones:
     name = NAME
 
-    def __init__(self, weights: str | Path, device: torch.device | str = "cpu", batch_size: int = 256):
+    def __init__(self, weights: str | Path | None, device: torch.device | str = "cpu", batch_size: int = 256):
         from harness.models.tiny import build_tiny, tiny_config
 
-        weights = Path(weights).expanduser()
-        for name in FILES:
-            if not (weights / name).is_file():
-                raise MissingInputError(f"world backbones not found: {weights / name} (build them with python -m harness.world.build)")
+        weights = world_weights(weights)
         parts = build_tiny(tiny_config())
         self.tokenizer, self.device, self.batch_size = parts.tokenizer, torch.device(device), batch_size
         self.clip = WorldClip(parts.text_encoder)
