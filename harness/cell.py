@@ -1,7 +1,8 @@
 """A cell: one fully resolved config, and its folder under `out_dir`.
 
 Its identity is a short hash of the semantic part of the resolved config: the sections its
-method depends on (launcher, tracking, runtime and paths excluded) plus a schema version.
+method depends on (launcher, tracking, runtime and paths excluded), a schema version, and the
+checksums of the trained weights it loads (a rebuilt world makes new cells, not stale hits).
 Asking for the same cell twice gives the same folder, and so its checkpoints and results.
 
 Folder layout (cells/<id>/):
@@ -30,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.method import COMMON_SECTIONS, get_method
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: trained-weights checksums are part of a cell's identity
 METHOD_CONF = Path(__file__).resolve().parent / "conf" / "method"
 ID_LENGTH = 10
 
@@ -47,7 +48,32 @@ def semantic_config(cfg: DictConfig) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     semantic = {"schema": SCHEMA_VERSION, **{s: resolved.get(s) for s in sections}}
     semantic["method"] = {k: v for k, v in resolved["method"].items() if k in method_keys(cfg.method.name)}
+    semantic["weights"] = weight_checksums(cfg)
     return semantic
+
+
+def weight_checksums(cfg: DictConfig) -> dict[str, str]:
+    """sha256 of each trained-weights file the cell reads: the world teacher, the world metric
+    backbones. (SD 2.1 is named by its path and repo id in the model section.)"""
+    from harness.models.tiny import teacher_weights
+
+    files = {}
+    if cfg.model.name != "sd21" and (teacher := teacher_weights(cfg.model)) is not None:
+        files["teacher"] = teacher
+    if cfg.eval.get("backbone") == "world":
+        from harness.metrics.world import FILES, world_weights
+
+        folder = world_weights(cfg.eval.weights, "eval.weights")
+        files.update({name: folder / name for name in FILES})
+    return {key: _sha256(path) for key, path in files.items()}
+
+
+def _sha256(path: Path, _cache: dict = {}) -> str:  # noqa: B006 - a per-process cache by (path, mtime, size)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _cache:
+        _cache[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _cache[key]
 
 
 def distill_config(cfg: DictConfig) -> DictConfig:

@@ -45,12 +45,12 @@ def image_metrics(ctx, model, backbones, concepts, reference: Path | None) -> tu
     neutral = ctx.data.heldout_neutral
     n = min(ev.neutral_prompts, len(neutral))
     prompts = [neutral[i]["caption"] for i in range(n)]
-    gen = generate(ctx, model, root / "neutral", prompts, seeds_for(ev, n)).uint8()
+    gen = generate(ctx, model, root / "neutral", prompts, seeds_for(ev, n))
     real = _real_uint8(neutral, n)
     base = {"backbone": backbones.name, "scale": "world", "images": n}
-    gen_clip, real_clip = backbones.clip_images(gen), backbones.clip_images(real)
+    gen_clip, real_clip = gen.features(f"{backbones.name}-clip", backbones.clip_images), backbones.clip_images(real)
     metrics = {
-        "fid": M.fid_from_features(backbones.fid_features(gen), backbones.fid_features(real)),
+        "fid": M.fid_from_features(gen.features(f"{backbones.name}-fid", backbones.fid_features), backbones.fid_features(real)),
         "clip_score": M.clip_score(gen_clip, backbones.clip_texts(prompts)),
         "cmmd": M.cmmd(gen_clip, real_clip),
     }
@@ -65,16 +65,19 @@ def image_metrics(ctx, model, backbones, concepts, reference: Path | None) -> tu
         prompts = [dataset[i]["caption"] for i in range(k)]
         folder = root / f"concept_{concept.name}"
         seeds = seeds_for(ev, k, offset=50_000)
-        images = generate(ctx, model, folder, prompts, seeds).uint8()
-        clip_img = backbones.clip_images(images)
+        images = generate(ctx, model, folder, prompts, seeds)
+        clip_img = images.features(f"{backbones.name}-clip", backbones.clip_images)
         metrics[f"clip_concept/{concept.name}"] = M.clip_score(clip_img, backbones.clip_texts(prompts))
-        metrics[f"presence/{concept.name}"] = M.presence_rate(backbones.style_logits(images), backbones.concept_index(concept.name))
+        metrics[f"presence/{concept.name}"] = M.presence_rate(images.features(f"{backbones.name}-style_logits", backbones.style_logits),
+                                                              backbones.concept_index(concept.name))
         info[f"concept/{concept.name}"] = {**base, "images": k}
         ref_folder = (reference or ctx.folder / "images") / f"concept_{concept.name}"
         if ref_folder.is_dir():
             ref = load_images(ref_folder)
             if ref.prompts == prompts and ref.seeds == seeds:
-                ref_images = ref.uint8()
-                metrics[f"csd/{concept.name}"] = M.style_similarity(backbones.style_embeddings(images), backbones.style_embeddings(ref_images))
-                metrics[f"cp/{concept.name}"] = M.cp_score(clip_img, backbones.clip_images(ref_images), backbones.clip_texts(prompts))
+                style = f"{backbones.name}-style"
+                metrics[f"csd/{concept.name}"] = M.style_similarity(images.features(style, backbones.style_embeddings),
+                                                                    ref.features(style, backbones.style_embeddings))
+                metrics[f"cp/{concept.name}"] = M.cp_score(clip_img, ref.features(f"{backbones.name}-clip", backbones.clip_images),
+                                                           backbones.clip_texts(prompts))
     return metrics, info

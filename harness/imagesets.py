@@ -5,7 +5,9 @@ the folder alone (`python -m harness.metrics`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,31 @@ class ImageSet:
                     im = im.resize((size, size), Image.BICUBIC)
                 arrays.append(np.asarray(im))
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    def features(self, key: str, extract: Callable[[torch.Tensor], torch.Tensor | np.ndarray]):
+        """`extract(self.uint8())`, computed once per image set and `key` (backbone and kind):
+        cached in <folder>/.features/, and recomputed when the set's files change. An erasing
+        cell's reference images (the distilled model's) are embedded once, not once per cell."""
+        digest = self._digest()
+        path = self.folder / ".features" / f"{key.replace('/', '_')}.pt"
+        if path.is_file():
+            cached = torch.load(path, weights_only=True)
+            if cached.get("digest") == digest:
+                return cached["features"].numpy() if cached.get("numpy") else cached["features"]
+        features = extract(self.uint8())
+        as_numpy = isinstance(features, np.ndarray)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"digest": digest, "features": torch.from_numpy(features) if as_numpy else features, "numpy": as_numpy}, tmp)
+        tmp.replace(path)
+        return features
+
+    def _digest(self) -> str:
+        h = hashlib.sha256()
+        for name in self.files:
+            stat = (self.folder / name).stat()
+            h.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        return h.hexdigest()
 
 
 def save_images(folder: Path, images: torch.Tensor, prompts: list[str], seeds: list[int]) -> ImageSet:

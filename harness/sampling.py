@@ -19,6 +19,8 @@ def make_sampler(parts: DiffusionParts, steps: int) -> DDIMScheduler:
 @torch.no_grad()
 def cfg_prediction(unet, x, t, cond, uncond, guidance: float) -> torch.Tensor:
     n = x.shape[0]
+    if guidance == 1.0:  # the conditional prediction itself: no unconditional pass needed
+        return unet(x, torch.full((n,), int(t), device=x.device, dtype=torch.long), cond).sample
     tt = torch.full((2 * n,), int(t), device=x.device, dtype=torch.long)
     out = unet(torch.cat([x, x]), tt, torch.cat([uncond, cond])).sample
     e_uncond, e_cond = out[:n], out[n:]

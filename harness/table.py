@@ -2,12 +2,14 @@
 
 One row per method × setting (concept set, pruning ratio, K). A distill cell does not depend
 on the concept set, so it appears once per concept set of the sweep, with that set's
-concept columns. Missing or failed cells are shown as such, never dropped."""
+concept columns. Cells that differ only by seed make one row of mean ± standard deviation
+(table.csv keeps one row per cell). Missing or failed cells are shown as such, never dropped."""
 
 from __future__ import annotations
 
 import csv
 import io
+import statistics
 from pathlib import Path
 
 COLUMNS = [
@@ -15,7 +17,9 @@ COLUMNS = [
     ("concepts", None),
     ("ratio", None),
     ("K", None),
+    ("seeds", "seeds"),
     ("params (M)", None),
+    ("MACs %", None),
     ("FID ↓", "fid"),
     ("CLIP ↑", "clip_score"),
     ("CMMD ↓", "cmmd"),
@@ -71,12 +75,14 @@ def rows_for(cells) -> list[dict]:
                 "concepts": "+".join(erase),
                 "ratio": cfg.pruning.ratio,
                 "K": cfg.method.get("K", "") if cfg.method.name == "bilevel" else "",
+                "seed": cfg.seed,
                 "cell": cell.id,
                 "state": cell.state(),
             }
             if results:
                 m = results["metrics"]
                 row["params (M)"] = results["pruning"]["params_after"] / 1e6
+                row["MACs %"] = 100 * results["pruning"]["macs_after"] / results["pruning"]["macs_before"]
                 for key in ("heldout_mse", "fid", "clip_score", "cmmd"):
                     row[key] = m.get(key)
                 for key in PER_CONCEPT:
@@ -88,7 +94,40 @@ def rows_for(cells) -> list[dict]:
     return rows
 
 
+SETTING = ("method", "concepts", "ratio", "K")
+VALUES = ["params (M)", "MACs %", "fid", "clip_score", "cmmd", "heldout_mse",
+          *(f"{k}_{side}" for k in PER_CONCEPT for side in ("erased", "retained")), "cell s"]
+
+
+def over_seeds(rows: list[dict]) -> list[dict]:
+    """One row per setting: cells of several seeds become mean ± sd over the completed ones."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in SETTING), []).append(r)
+    out = []
+    for members in groups.values():
+        if len({m["seed"] for m in members}) == 1:
+            out.extend(members)
+            continue
+        done = [m for m in members if m["state"] == "completed"]
+        row = {k: members[0][k] for k in SETTING}
+        row["seeds"] = len(members)
+        row["cell"] = " ".join(m["cell"] for m in members)
+        row["state"] = "completed" if len(done) == len(members) else f"{len(done)}/{len(members)} seeds completed"
+        for key in VALUES:
+            values = [m[key] for m in done if m.get(key) is not None]
+            if values:
+                row[key] = (statistics.fmean(values), statistics.stdev(values)) if len(values) > 1 else values[0]
+        out.append(row)
+    if any("seeds" in r for r in out):
+        for r in out:
+            r.setdefault("seeds", 1)
+    return out
+
+
 def _fmt(value) -> str:
+    if isinstance(value, tuple):
+        return f"{_fmt(value[0])} ± {_fmt(value[1])}"
     if value is None or value == "":
         return "" if value == "" else "–"
     if isinstance(value, float):
@@ -97,12 +136,16 @@ def _fmt(value) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
+    rows = over_seeds(rows)
     # A metric column shows when some row has the metric (image metrics need eval.backbone).
     columns = [(c, k) for c, k in COLUMNS if k is None or any(r.get(k) is not None for r in rows)]
     header = [c for c, _ in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        if r["state"] != "completed":
+        if r["state"] != "completed" and "seeds" in r:  # some seeds missing: their means, flagged
+            cells = [_fmt(r.get(key or c)) for c, key in columns]
+            cells[columns.index(("params (M)", None))] = f"*{r['state']}*"
+        elif r["state"] != "completed":
             cells = [_fmt(r.get(c)) if c in ("method", "concepts", "ratio", "K", "cell") else "" for c, _ in columns]
             cells[columns.index(("params (M)", None))] = f"*{r['state']}*"
         else:
@@ -116,8 +159,7 @@ def write_table(cells, folder: Path) -> str:
     text = markdown(rows)
     (folder / "table.md").write_text(text)
     buf = io.StringIO()
-    fields = ["method", "concepts", "ratio", "K", "state", "params (M)", "fid", "clip_score", "cmmd", "heldout_mse",
-              *(f"{k}_{side}" for k in PER_CONCEPT for side in ("erased", "retained")), "cell s", "cell"]
+    fields = [*SETTING, "seed", "state", *VALUES, "cell"]
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)

@@ -98,7 +98,7 @@ class Trainer:
         key = zlib.crc32(stage.name.encode()) + 7919 * step + 104_729 * self.config.seed
         return torch.Generator().manual_seed(key)
 
-    def _load_latest(self, folder: Path, stage: Stage, optims: dict) -> tuple[int, dict[str, int]]:
+    def _load_latest(self, folder: Path, stage: Stage, optims: dict) -> tuple[int, dict[str, int], float]:
         for step, path in checkpoints(folder):
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
@@ -110,16 +110,17 @@ class Trainer:
             for name, opt in optims.items():
                 opt.load_state_dict(state["optimizers"][name])
             log.info("resumed stage %s from %s", stage.name, path.name)
-            return state["step"], state["streams"]
-        return 0, {}
+            return state["step"], state["streams"], state.get("seconds", 0.0)
+        return 0, {}, 0.0
 
-    def _save(self, folder: Path, stage: Stage, optims: dict, step: int, drawn: dict[str, int]) -> None:
+    def _save(self, folder: Path, stage: Stage, optims: dict, step: int, drawn: dict[str, int], seconds: float) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         state = {
             "step": step,
             "modules": {n: m.state_dict() for n, m in stage.modules().items()},
             "optimizers": {n: o.state_dict() for n, o in optims.items()},
             "streams": dict(drawn),
+            "seconds": seconds,  # training time of all runs that led here: a resumed build still knows its cost
         }
         tmp = folder / f"step_{step:08d}.pt.tmp"
         torch.save(state, tmp)
@@ -136,7 +137,7 @@ class Trainer:
             name: torch.optim.AdamW(spec.params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
             for name, spec in specs.items()
         }
-        start, drawn = self._load_latest(folder, stage, optims)
+        start, drawn, seconds_before = self._load_latest(folder, stage, optims)
         streams = stage.streams()
         drawn = {name: drawn.get(name, 0) for name in streams}
         iterators = {name: s.iterate(drawn[name]) for name, s in streams.items()}
@@ -182,13 +183,14 @@ class Trainer:
             if progress is not None:
                 progress.update(1)
             if (step + 1) % cfg.checkpoint_every == 0 or last:
-                self._save(folder, stage, optims, step + 1, drawn)
+                self._save(folder, stage, optims, step + 1, drawn, seconds_before + time.perf_counter() - t0)
         if progress is not None:
             progress.close()
         for module in stage.modules().values():
             module.eval()
         seconds = time.perf_counter() - t0
-        return {"steps_run": done, "seconds": seconds, "seconds_per_step": seconds / done if done else None}
+        return {"steps_run": done, "seconds": seconds, "seconds_per_step": seconds / done if done else None,
+                "seconds_total": seconds_before + seconds}
 
 
 def _progress(stage: Stage, start: int, enabled: bool | None):

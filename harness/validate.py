@@ -13,7 +13,7 @@ from harness.errors import ConfigError, MissingInputError
 from harness.method import check_positive, get_method
 from harness.pruning import IMPORTANCES
 
-MODELS = ("tiny", "sd21")
+MODELS = ("world", "tiny", "sd21")
 PRECISIONS = ("auto", "fp32", "bf16")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -64,8 +64,13 @@ def _model(cfg: DictConfig) -> None:
         from harness.models.sd21 import locate
 
         locate(m)
-    elif m.get("weights") and not Path(m.weights).is_file():
-        raise MissingInputError(f"model.weights={m.weights}: no such file (a safetensors file of trained tiny-model weights)")
+    else:
+        from harness.models.tiny import teacher_weights
+
+        weights = teacher_weights(m)
+        if weights is not None and not weights.is_file():
+            raise MissingInputError(f"model.weights={weights}: no such file (a teacher.safetensors of trained world weights; build one with python -m harness.world.build)")
+    check_positive(cfg, "model.guidance", float)
 
 
 def _data(cfg: DictConfig) -> None:
@@ -91,6 +96,8 @@ def _eval_backbone(cfg: DictConfig) -> None:
     if ev.backbone not in ("none", "world"):
         raise ConfigError("eval.backbone", ev.backbone, "none or world")
     if ev.backbone == "world":
+        if cfg.data.domain != "world":
+            raise ConfigError("eval.backbone", ev.backbone, f"none with data={cfg.data.name} (the world's backbones judge world images only)")
         from harness.metrics.world import world_weights
 
         world_weights(ev.weights, "eval.weights")

@@ -23,6 +23,8 @@ SMALL = [
     "eval.batch_size=8",
     "eval.sample_steps=2",
     "eval.grid_neutral=1",
+    "eval.neutral_prompts=8",
+    "eval.concept_prompts=4",
     "runtime.progress=false",
 ]
 

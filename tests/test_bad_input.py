@@ -12,7 +12,7 @@ CASES = {
     "unknown eraser": (["method=two_stage", "eraser=nope"], "eraser=nope", "concept_ablation, esd"),
     "unknown concept set": (["concepts=nope"], "concepts=nope", "stripes"),
     "unknown concept": (["method=bilevel", "concepts.erase=[nope]"], "concepts.erase='nope'", "stripes, checker"),
-    "unknown sweep": (["-m", "sweep=nope"], "sweep=nope", "paper_table, propagation, smoke"),
+    "unknown sweep": (["-m", "sweep=nope"], "sweep=nope", "paper_table, paper_table_seeds, propagation, smoke"),
     "unknown model": (["model=nope"], "model=nope", "sd21, tiny"),
     "ratio zero": (["pruning.ratio=0"], "pruning.ratio=0", "strictly between 0 and 1"),
     "ratio one in a sweep": (["-m", "pruning.ratio=0.3,1.0"], "pruning.ratio=1.0", "strictly between 0 and 1"),

@@ -44,3 +44,24 @@ def test_world_evaluation_runs_inside_the_hydra_app(tmp_path, tiny_world_weights
                       f"out_dir={tmp_path}"])
     assert result.returncode == 0, result.stderr[-2000:]
     assert "'fid':" in result.stdout and "'csd/stripes': 100.0" in result.stdout
+
+
+def test_image_set_features_are_computed_once_and_follow_the_files(tmp_path):
+    import torch
+
+    from harness.imagesets import load_images, save_images
+
+    images = torch.rand(3, 3, 8, 8) * 2 - 1
+    save_images(tmp_path / "set", images, ["a", "b", "c"], [1, 2, 3])
+    calls = []
+
+    def extract(x):
+        calls.append(len(x))
+        return x.float().mean((1, 2, 3))
+
+    first = load_images(tmp_path / "set").features("bb-kind", extract)
+    again = load_images(tmp_path / "set").features("bb-kind", extract)
+    assert calls == [3] and torch.equal(first, again)
+    save_images(tmp_path / "set", -images, ["a", "b", "c"], [1, 2, 3])  # the set's files change
+    changed = load_images(tmp_path / "set").features("bb-kind", extract)
+    assert calls == [3, 3] and not torch.equal(first, changed)

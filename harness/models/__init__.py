@@ -10,7 +10,7 @@ from harness.models.parts import DiffusionParts
 
 def build_parts(cfg: DictConfig) -> DiffusionParts:
     """The teacher's parts for the `model` config group."""
-    if cfg.name == "tiny":
+    if cfg.name in ("tiny", "world"):
         from harness.models.tiny import build_tiny
 
         return build_tiny(cfg)
@@ -18,7 +18,7 @@ def build_parts(cfg: DictConfig) -> DiffusionParts:
         from harness.models.sd21 import load_sd21
 
         return load_sd21(cfg)
-    raise ConfigError("model", cfg.name, "tiny or sd21")
+    raise ConfigError("model", cfg.name, "world, tiny or sd21")
 
 
 __all__ = ["DiffusionParts", "build_parts"]

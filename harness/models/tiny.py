@@ -67,8 +67,9 @@ def build_tiny(cfg: DictConfig) -> DiffusionParts:
         cross_attention_dim=cfg.text_encoder.hidden_size,
         **unet_config,
     )
-    if cfg.get("weights"):
-        _load_weights(Path(cfg.weights), unet, text_encoder)
+    weights = teacher_weights(cfg)
+    if weights is not None:
+        _load_weights(weights, unet, text_encoder)
     scheduler_config = OmegaConf.to_container(cfg.scheduler, resolve=True)
     scheduler_config["prediction_type"] = cfg.prediction_type
     text_encoder.requires_grad_(False).eval()
@@ -84,13 +85,25 @@ def build_tiny(cfg: DictConfig) -> DiffusionParts:
     )
 
 
+def teacher_weights(cfg: DictConfig) -> Path | None:
+    """The weights file `cfg` asks for: `model.weights`, or for `model=world` with none given,
+    the shipped teacher; None: random init (`model=tiny`)."""
+    if cfg.get("weights"):
+        return Path(str(cfg.weights)).expanduser()
+    if cfg.name == "world":
+        from harness.world.build import WEIGHTS
+
+        return WEIGHTS / "teacher.safetensors"
+    return None
+
+
 def _load_weights(path: Path, unet, text_encoder) -> None:
     """Trained weights for the tiny model: one safetensors file with `unet.` and
     `text_encoder.` prefixed tensors."""
     from safetensors.torch import load_file
 
     if not path.is_file():
-        raise MissingInputError(f"model.weights={path}: no such file (expected a safetensors file of trained tiny-model weights)")
+        raise MissingInputError(f"model.weights={path}: no such file (a teacher.safetensors of trained world weights; build one with python -m harness.world.build)")
     state = load_file(str(path))
     unet.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("unet.")})
     text_encoder.load_state_dict({k[13:]: v for k, v in state.items() if k.startswith("text_encoder.")})

@@ -15,6 +15,7 @@ import argparse
 import copy
 import hashlib
 import json
+import os
 import platform
 import sys
 import time
@@ -47,7 +48,7 @@ class Recipe:
     style_steps: int = 1_500
     style_batch: int = 256
     style_lr: float = 2e-3
-    teacher_steps: int = 20_000
+    teacher_steps: int = 3_000
     teacher_batch: int = 64
     teacher_lr: float = 1e-3
     teacher_warmup: int = 500
@@ -55,7 +56,6 @@ class Recipe:
     caption_dropout: float = 0.1
     gate_samples_per_style: int = 32
     gate_sampler_steps: int = 50
-    gate_guidance: float = 3.0
     checkpoint_every: int = 500
 
 
@@ -191,6 +191,16 @@ class TeacherStage(Stage):
             e.lerp_(p, 1 - decay)
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _checksum(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -203,15 +213,16 @@ def style_accuracy(model: StyleDescriptor, dataset: RenderedSet) -> float:
 
 
 @torch.no_grad()
-def teacher_style_rate(parts, unet, style: StyleDescriptor, recipe: Recipe, resolution: int) -> dict:
-    """Fraction of teacher samples for styled prompts that the descriptor calls the prompted style."""
+def teacher_style_rate(parts, unet, style: StyleDescriptor, recipe: Recipe, guidance: float) -> dict:
+    """Fraction of teacher samples for styled prompts that the descriptor calls the prompted style,
+    sampled at the world's guidance scale (`model.guidance`)."""
     from harness.sampling import sample
 
     rates = {}
     rng = np.random.default_rng([recipe.seed, 999])
     for name in STYLES:
         scenes = sample_scenes(recipe.gate_samples_per_style, rng, (name,))
-        x, _ = sample(unet, parts, [s.caption() for s in scenes], recipe.gate_sampler_steps, recipe.gate_guidance,
+        x, _ = sample(unet, parts, [s.caption() for s in scenes], recipe.gate_sampler_steps, guidance,
                       torch.Generator().manual_seed(recipe.seed))
         predicted = style(parts.decode(x)).argmax(1)
         rates[name] = float((predicted == STYLE_CLASSES.index(name)).float().mean())
@@ -233,7 +244,7 @@ def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip",
     heldout = world_pool(recipe, cfg.resolution, recipe.heldout, 1)
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    manifest.update(recipe=asdict(recipe), hardware={"device": str(device), "cpu": platform.processor() or platform.machine(),
+    manifest.update(recipe=asdict(recipe), hardware={"device": str(device), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
                     "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None},
                     torch=torch.__version__)
     log = lambda stage, step, values: print(json.dumps({"stage": stage, "step": step, **values}), flush=True)  # noqa: E731
@@ -246,10 +257,9 @@ def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip",
 
     clip = WorldClip(parts.text_encoder.requires_grad_(True)).to(device)
     if "clip" in parts_wanted:
-        start = time.time()
-        trainer.fit(ClipStage(clip, parts.tokenizer, pool, recipe, alphas), work / "clip")
+        timing = trainer.fit(ClipStage(clip, parts.tokenizer, pool, recipe, alphas), work / "clip")
         save_file({k: v.contiguous().cpu() for k, v in clip.state_dict().items()}, str(out / "world_clip.safetensors"))
-        manifest["world_clip"] = {"steps": recipe.clip_steps, "seconds": time.time() - start}
+        manifest["world_clip"] = {"steps": recipe.clip_steps, "seconds": timing["seconds_total"]}
         write_manifest()
     else:
         clip.load_state_dict(load_file(str(out / "world_clip.safetensors")))
@@ -257,10 +267,9 @@ def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip",
 
     style = StyleDescriptor().to(device)
     if "style" in parts_wanted:
-        start = time.time()
-        trainer.fit(StyleStage(style, pool, recipe, alphas), work / "style")
+        timing = trainer.fit(StyleStage(style, pool, recipe, alphas), work / "style")
         save_file({k: v.contiguous().cpu() for k, v in style.state_dict().items()}, str(out / "style_descriptor.safetensors"))
-        manifest["style_descriptor"] = {"steps": recipe.style_steps, "seconds": time.time() - start}
+        manifest["style_descriptor"] = {"steps": recipe.style_steps, "seconds": timing["seconds_total"]}
     else:
         style.load_state_dict(load_file(str(out / "style_descriptor.safetensors")))
     style.eval().cpu()
@@ -271,12 +280,11 @@ def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip",
         parts.text_encoder = clip.text_encoder  # the world CLIP's text tower, frozen
         parts.to(device)
         stage = TeacherStage(parts, pool, recipe)
-        start = time.time()
-        trainer.fit(stage, work / "teacher")
+        timing = trainer.fit(stage, work / "teacher")
         state = {f"unet.{k}": v for k, v in stage.ema.state_dict().items()}
         state.update({f"text_encoder.{k}": v for k, v in parts.text_encoder.state_dict().items()})
         save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(out / "teacher.safetensors"))
-        manifest["teacher"] = {"steps": recipe.teacher_steps, "seconds": time.time() - start}
+        manifest["teacher"] = {"steps": recipe.teacher_steps, "seconds": timing["seconds_total"]}
         parts.to(torch.device("cpu"))
         teacher = stage.ema.cpu().eval()
     elif (out / "teacher.safetensors").is_file():  # measure the gates of what was built
@@ -287,7 +295,9 @@ def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip",
     else:
         teacher = None
     if teacher is not None:
-        rates = teacher_style_rate(parts, teacher, style, recipe, cfg.resolution)
+        rates = teacher_style_rate(parts, teacher, style, recipe, cfg.guidance)
+        manifest["gates"]["teacher_style_rate_sampler"] = {"sampler": "DDIM", "steps": recipe.gate_sampler_steps,
+                                                           "guidance": cfg.guidance, "samples_per_style": recipe.gate_samples_per_style}
         manifest["gates"]["teacher_style_rate"] = rates
         manifest["gates"]["teacher_style_rate_mean"] = float(np.mean(list(rates.values())))
     manifest["wall_seconds_last_build"] = time.time() - t0

@@ -1,8 +1,11 @@
 """Procedural renderer of the Concept World: coloured shapes, plain or in a style.
 
 Every image is a pure function of its attributes, so datasets are reproducible bit for bit
-from a seed. Styles are crisp and structured (fills, backgrounds, frames, palette changes):
-noise-like styles attract every imperfect sample (see the world prototype notes).
+from a seed. Styles are crisp and structured, and they change how the object is drawn (fill,
+border, halo, shadow) or a sparse pattern behind it, never the whole canvas: a pruned student
+fine-tuned on plain renders (black canvas everywhere) lost canvas-wide styles (checker
+background, canvas frame, inversion) within 150 steps, while object styles carried over.
+Noise-like styles attract every imperfect sample (see the world prototype notes).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ COLOURS = {
     "cyan": (40, 210, 220),
 }
 SIZES = ("small", "large")
-STYLES = ("stripes", "checker", "dots", "frame", "outline", "invert")
+STYLES = ("stripes", "checker", "dots", "outline", "shadow", "glow")
 
 _SUPERSAMPLE = 4
 
@@ -62,12 +65,24 @@ def _shape_mask(scene: Scene, res: int) -> np.ndarray:
     return inside.reshape(res, _SUPERSAMPLE, res, _SUPERSAMPLE).mean(axis=(1, 3))
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
-    """A one-pixel band at the shape's border."""
-    solid = mask > 0.5
+def _neighbours(solid: np.ndarray) -> list[np.ndarray]:
+    """The 4-neighbour shifts of a boolean mask (zero outside the canvas), and itself."""
     pad = np.pad(solid, 1)
-    eroded = pad[1:-1, 1:-1] & pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:]
+    return [pad[1:-1, 1:-1], pad[:-2, 1:-1], pad[2:, 1:-1], pad[1:-1, :-2], pad[1:-1, 2:]]
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """A one-pixel band at the shape's border, inside it."""
+    solid = mask > 0.5
+    eroded = np.logical_and.reduce(_neighbours(solid))
     return (solid & ~eroded).astype(np.float32)
+
+
+def _halo(mask: np.ndarray) -> np.ndarray:
+    """A one-pixel band around the shape, outside it."""
+    solid = mask > 0.5
+    dilated = np.logical_or.reduce(_neighbours(solid))
+    return (dilated & ~solid).astype(np.float32)
 
 
 def render(scene: Scene, res: int = 16) -> np.ndarray:
@@ -78,25 +93,26 @@ def render(scene: Scene, res: int = 16) -> np.ndarray:
     fill = np.broadcast_to(colour, (res, res, 3)).copy()
     ys, xs = np.mgrid[0:res, 0:res]
     style = scene.style
-    if style == "stripes":  # vertical two-pixel stripes inside the shape
+    if style == "stripes":  # vertical two-pixel dark stripes inside the shape
         dark = ((xs // 2) % 2 == 1)[..., None]
         fill = np.where(dark, colour * 0.25, colour)
-    elif style == "checker":  # grey checkerboard behind the shape
-        cells = (((xs // 2) + (ys // 2)) % 2 == 0)[..., None]
-        background = np.where(cells, 150.0, 40.0) * np.ones(3, dtype=np.float32)
-    elif style == "dots":  # white dot grid behind the shape
+    elif style == "checker":  # the shape filled with a colour/white checkerboard of 2-pixel cells
+        white = (((xs // 2) + (ys // 2)) % 2 == 0)[..., None]
+        fill = np.where(white, 255.0, colour)
+    elif style == "dots":  # a sparse white dot grid behind the shape
         dots = ((xs % 4 == 1) & (ys % 4 == 1))[..., None]
         background = np.where(dots, 255.0, 0.0) * np.ones(3, dtype=np.float32)
     elif style == "outline":  # only the border of the shape is drawn
         mask = _outline(mask[..., 0])[..., None]
-    image = background * (1.0 - mask) + fill * mask
-    if style == "frame":  # a white one-pixel frame around the canvas
-        border = (xs == 0) | (ys == 0) | (xs == res - 1) | (ys == res - 1)
-        image[border] = 255.0
-    elif style == "invert":  # photographic negative of the plain render
-        image = 255.0 - image
-    elif style not in (None, "stripes", "checker", "dots", "outline"):
+    elif style == "shadow":  # a grey copy of the shape, two pixels down and right, behind it
+        shadow = np.roll(mask, (2, 2), axis=(0, 1))
+        shadow[:2], shadow[:, :2] = 0.0, 0.0
+        background = shadow * 120.0 * np.ones(3, dtype=np.float32)
+    elif style == "glow":  # a white one-pixel halo around the shape
+        background = _halo(mask[..., 0])[..., None] * 255.0 * np.ones(3, dtype=np.float32)
+    elif style is not None:
         raise ValueError(f"unknown style {style!r}; accepted: {', '.join(STYLES)}")
+    image = background * (1.0 - mask) + fill * mask
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
