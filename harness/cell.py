@@ -58,7 +58,7 @@ def weight_checksums(cfg: DictConfig) -> dict[str, str]:
     from harness.models.tiny import teacher_weights
 
     files = {}
-    if cfg.model.name != "sd21" and (teacher := teacher_weights(cfg.model)) is not None:
+    if (teacher := teacher_weights(cfg.model)) is not None:
         files["teacher"] = teacher
     if cfg.eval.get("backbone") == "world":
         from harness.metrics.world import FILES, world_weights
@@ -68,12 +68,15 @@ def weight_checksums(cfg: DictConfig) -> dict[str, str]:
     return {key: _sha256(path) for key, path in files.items()}
 
 
-def _sha256(path: Path, _cache: dict = {}) -> str:  # noqa: B006 - a per-process cache by (path, mtime, size)
+_SHA256: dict[tuple, str] = {}  # per process, by (path, mtime, size): a sweep hashes each file once
+
+
+def _sha256(path: Path) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    if key not in _cache:
-        _cache[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return _cache[key]
+    if key not in _SHA256:
+        _SHA256[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _SHA256[key]
 
 
 def distill_config(cfg: DictConfig) -> DictConfig:

@@ -66,8 +66,8 @@ def image_metrics(ctx, model, backbones, concepts, reference: Path | None) -> tu
         folder = root / f"concept_{concept.name}"
         seeds = seeds_for(ev, k, offset=50_000)
         images = generate(ctx, model, folder, prompts, seeds)
-        clip_img = images.features(f"{backbones.name}-clip", backbones.clip_images)
-        metrics[f"clip_concept/{concept.name}"] = M.clip_score(clip_img, backbones.clip_texts(prompts))
+        clip_img, clip_txt = images.features(f"{backbones.name}-clip", backbones.clip_images), backbones.clip_texts(prompts)
+        metrics[f"clip_concept/{concept.name}"] = M.clip_score(clip_img, clip_txt)
         metrics[f"presence/{concept.name}"] = M.presence_rate(images.features(f"{backbones.name}-style_logits", backbones.style_logits),
                                                               backbones.concept_index(concept.name))
         info[f"concept/{concept.name}"] = {**base, "images": k}
@@ -78,6 +78,5 @@ def image_metrics(ctx, model, backbones, concepts, reference: Path | None) -> tu
                 style = f"{backbones.name}-style"
                 metrics[f"csd/{concept.name}"] = M.style_similarity(images.features(style, backbones.style_embeddings),
                                                                     ref.features(style, backbones.style_embeddings))
-                metrics[f"cp/{concept.name}"] = M.cp_score(clip_img, ref.features(f"{backbones.name}-clip", backbones.clip_images),
-                                                           backbones.clip_texts(prompts))
+                metrics[f"cp/{concept.name}"] = M.cp_score(clip_img, ref.features(f"{backbones.name}-clip", backbones.clip_images), clip_txt)
     return metrics, info

@@ -67,9 +67,7 @@ def _model(cfg: DictConfig) -> None:
     else:
         from harness.models.tiny import teacher_weights
 
-        weights = teacher_weights(m)
-        if weights is not None and not weights.is_file():
-            raise MissingInputError(f"model.weights={weights}: no such file (a teacher.safetensors of trained world weights; build one with python -m harness.world.build)")
+        teacher_weights(m)  # fails in one line when the weights file asked for is missing
     check_positive(cfg, "model.guidance", float)
 
 

@@ -24,6 +24,8 @@ CASES = {
     "negative upper learning rate": (["method=bilevel", "method.upper_lr=-1"], "method.upper_lr=-1", "> 0"),
     "unknown solver": (["method=bilevel", "method.solver=newton"], "method.solver='newton'", "alternating, penalty"),
     "missing sd21 weights": (["model=sd21", "model.path=/no/such/dir"], "model.path=/no/such/dir", "Stable Diffusion 2.1"),
+    "zero guidance": (["model.guidance=0"], "model.guidance=0", "> 0"),
+    "missing world teacher": (["model.weights=/no/teacher.safetensors"], "model.weights=/no/teacher.safetensors", "python -m harness.world.build"),
     "missing coco": (["data=coco", "data.root=/no/such/coco"], "data.root=/no/such/coco", "annotations"),
     "broken value": (["finetune.steps=abc"], "finetune.steps='abc'", "integer"),
     "unknown key": (["finetune.stepz=3"], "finetune.stepz", "+finetune.stepz"),

@@ -87,14 +87,18 @@ def build_tiny(cfg: DictConfig) -> DiffusionParts:
 
 def teacher_weights(cfg: DictConfig) -> Path | None:
     """The weights file `cfg` asks for: `model.weights`, or for `model=world` with none given,
-    the shipped teacher; None: random init (`model=tiny`)."""
+    the shipped teacher; None: random init (`model=tiny`). A file asked for must exist."""
     if cfg.get("weights"):
-        return Path(str(cfg.weights)).expanduser()
-    if cfg.name == "world":
+        path = Path(str(cfg.weights)).expanduser()
+    elif cfg.name == "world":
         from harness.world.build import WEIGHTS
 
-        return WEIGHTS / "teacher.safetensors"
-    return None
+        path = WEIGHTS / "teacher.safetensors"
+    else:
+        return None
+    if not path.is_file():
+        raise MissingInputError(f"model.weights={path}: no such file (a teacher.safetensors of trained world weights; build one with python -m harness.world.build)")
+    return path
 
 
 def _load_weights(path: Path, unet, text_encoder) -> None:
@@ -102,8 +106,6 @@ def _load_weights(path: Path, unet, text_encoder) -> None:
     `text_encoder.` prefixed tensors."""
     from safetensors.torch import load_file
 
-    if not path.is_file():
-        raise MissingInputError(f"model.weights={path}: no such file (a teacher.safetensors of trained world weights; build one with python -m harness.world.build)")
     state = load_file(str(path))
     unet.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("unet.")})
     text_encoder.load_state_dict({k[13:]: v for k, v in state.items() if k.startswith("text_encoder.")})
