@@ -25,15 +25,18 @@ from harness.errors import ConfigError, MissingInputError, fail
 REPO = Path(__file__).resolve().parent.parent
 CONF = Path(__file__).resolve().parent / "conf"
 SWEEPS = REPO / "sweeps"
+SLURM_PRESETS = REPO / "slurm"  # launcher presets beside the cluster scripts (launcher=slurm)
 log = logging.getLogger("harness")
 # Hydra flags that show information instead of running: nothing to check.
 INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc"}
 
 
 def register_sweeps() -> None:
+    """Top-level config folders as config groups: sweeps/ as `sweep`, slurm/ presets as `launcher`."""
     store = ConfigStore.instance()
-    for path in sorted(SWEEPS.glob("*.yaml")):
-        store.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_", provider="harness")
+    for group, folder in (("sweep", SWEEPS), ("launcher", SLURM_PRESETS)):
+        for path in sorted(folder.glob("*.yaml")):
+            store.store(group=group, name=path.stem, node=OmegaConf.load(path), package="_global_", provider="harness")
 
 
 @dataclass
@@ -60,6 +63,7 @@ def register_sweeper() -> None:
 def group_options() -> dict[str, list[str]]:
     options = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in CONF.iterdir() if p.is_dir()}
     options["sweep"] = sorted(p.stem for p in SWEEPS.glob("*.yaml"))
+    options["launcher"] = sorted(options.get("launcher", []) + [p.stem for p in SLURM_PRESETS.glob("*.yaml")])
     return options
 
 

@@ -7,7 +7,8 @@ Model-level measurements, each a pure function of the model and fixed seeds:
   concept prompt, S(x_t, c) − S(x_t, ∅), and the teacher's, T(x_t, c) − T(x_t, ∅), on
   held-out images of that concept. 1: the concept is rendered as the teacher renders it;
   ≤ 0: suppressed (ESD's target direction is −1).
-Image-based metrics (FID, CLIP score, CMMD, CSD) join these in the metrics module.
+Image-based metrics (FID, CLIP score, CMMD, CSD, CP, presence) join these (harness/image_eval.py)
+where `eval.backbone` is world or real.
 A sample grid (neutral prompts, then one prompt per concept) is saved as samples.png.
 """
 
@@ -89,6 +90,17 @@ def sample_grid(ctx, model, path, concepts) -> None:
     grid.save(path)
 
 
+def metric_backbones(ev, device):
+    """`eval.backbone`: world (the Concept World's own towers) or real (the paper's, local files)."""
+    if ev.backbone == "world":
+        from harness.metrics.world import WorldBackbones
+
+        return WorldBackbones(ev.weights, device)
+    from harness.metrics.real import RealBackbones
+
+    return RealBackbones(ev.real, device)
+
+
 def evaluate(ctx, model) -> tuple[dict, dict]:
     """(metrics, info): info records each metric's backbone, mode, scale and image count."""
     ev = ctx.cfg.eval
@@ -106,12 +118,11 @@ def evaluate(ctx, model) -> tuple[dict, dict]:
         info[f"alignment/{concept.name}"] = {"backbone": "model-level", "mode": "guidance cosine", "images": len(dataset)}
     if ev.grid_neutral or concepts:
         sample_grid(ctx, model, ctx.folder / "samples.png", concepts)
-    if ev.backbone == "world":
+    if ev.backbone != "none":
         from harness.cell import distill_config
         from harness.image_eval import image_metrics
-        from harness.metrics.world import WorldBackbones
 
-        backbones = WorldBackbones(ev.weights, ctx.device)
+        backbones = metric_backbones(ev, ctx.device)
         reference = None if ctx.cfg.method.name == "distill" else ctx.require_cell(distill_config(ctx.cfg)) / "images"
         more, more_info = image_metrics(ctx, model, backbones, concepts, reference)
         metrics.update(more)

@@ -34,30 +34,26 @@ def seeds_for(ev, n: int, offset: int = 0) -> list[int]:
     return [ev.seed * 100_003 + offset + i for i in range(n)]
 
 
-def _real_uint8(dataset, n: int) -> torch.Tensor:
-    images = torch.stack([dataset[i]["image"] for i in range(min(n, len(dataset)))])
-    return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
 def image_metrics(ctx, model, backbones, concepts, reference: Path | None) -> tuple[dict, dict]:
-    """Returns (metrics, info): info records backbone, mode, scale and image counts per metric."""
-    ev, root = ctx.cfg.eval, ctx.folder / "images"
+    """Returns (metrics, info): info records backbone, mode, scale and image counts per metric.
+    `backbones`: WorldBackbones or RealBackbones (the same interface, harness/metrics)."""
+    ev, root, names = ctx.cfg.eval, ctx.folder / "images", backbones.names
     neutral = ctx.data.heldout_neutral
     n = min(ev.neutral_prompts, len(neutral))
     prompts = [neutral[i]["caption"] for i in range(n)]
     gen = generate(ctx, model, root / "neutral", prompts, seeds_for(ev, n))
-    real = _real_uint8(neutral, n)
-    base = {"backbone": backbones.name, "scale": "world", "images": n}
-    gen_clip, real_clip = gen.features(f"{backbones.name}-clip", backbones.clip_images), backbones.clip_images(real)
+    real = backbones.reference(neutral, n)
+    base = {"scale": backbones.scale, "images": n}
+    against = {"reference": real["source"], "reference_images": real["images"]}
     metrics = {
-        "fid": M.fid_from_features(gen.features(f"{backbones.name}-fid", backbones.fid_features), backbones.fid_features(real)),
-        "clip_score": M.clip_score(gen_clip, backbones.clip_texts(prompts)),
-        "cmmd": M.cmmd(gen_clip, real_clip),
+        "fid": M.fid_from_features(gen.features(names["fid"], backbones.fid_features), real["fid"]),
+        "clip_score": M.clip_score(gen.features(names["clip"], backbones.clip_images), backbones.clip_texts(prompts)),
+        "cmmd": M.cmmd(gen.features(names["cmmd"], backbones.cmmd_images), real["cmmd"]),
     }
     info = {
-        "fid": {**base, "mode": "clean-fid frechet, native resolution", "reference_images": len(real)},
-        "clip_score": {**base, "mode": "100*cos"},
-        "cmmd": {**base, "mode": "rbf sigma=10 x1000 biased", "reference_images": len(real)},
+        "fid": {**base, "backbone": names["fid"], "mode": backbones.fid_mode, **against},
+        "clip_score": {**base, "backbone": names["clip"], "mode": "100*cos"},
+        "cmmd": {**base, "backbone": names["cmmd"], "mode": "rbf sigma=10 x1000 biased", **against},
     }
     for concept in concepts:
         dataset = ctx.data.heldout_concept(concept)
@@ -66,17 +62,17 @@ def image_metrics(ctx, model, backbones, concepts, reference: Path | None) -> tu
         folder = root / f"concept_{concept.name}"
         seeds = seeds_for(ev, k, offset=50_000)
         images = generate(ctx, model, folder, prompts, seeds)
-        clip_img, clip_txt = images.features(f"{backbones.name}-clip", backbones.clip_images), backbones.clip_texts(prompts)
+        clip_img, clip_txt = images.features(names["clip"], backbones.clip_images), backbones.clip_texts(prompts)
         metrics[f"clip_concept/{concept.name}"] = M.clip_score(clip_img, clip_txt)
-        metrics[f"presence/{concept.name}"] = M.presence_rate(images.features(f"{backbones.name}-style_logits", backbones.style_logits),
-                                                              backbones.concept_index(concept.name))
-        info[f"concept/{concept.name}"] = {**base, "images": k}
+        if backbones.classifies_styles:
+            metrics[f"presence/{concept.name}"] = M.presence_rate(images.features(f"{names['style']}-logits", backbones.style_logits),
+                                                                  backbones.concept_index(concept.name))
+        info[f"concept/{concept.name}"] = {**base, "images": k, "backbone": f"{names['clip']}, {names['style']}"}
         ref_folder = (reference or ctx.folder / "images") / f"concept_{concept.name}"
         if ref_folder.is_dir():
             ref = load_images(ref_folder)
             if ref.prompts == prompts and ref.seeds == seeds:
-                style = f"{backbones.name}-style"
-                metrics[f"csd/{concept.name}"] = M.style_similarity(images.features(style, backbones.style_embeddings),
-                                                                    ref.features(style, backbones.style_embeddings))
-                metrics[f"cp/{concept.name}"] = M.cp_score(clip_img, ref.features(f"{backbones.name}-clip", backbones.clip_images), clip_txt)
+                metrics[f"csd/{concept.name}"] = M.style_similarity(images.features(names["style"], backbones.style_embeddings),
+                                                                    ref.features(names["style"], backbones.style_embeddings))
+                metrics[f"cp/{concept.name}"] = M.cp_score(clip_img, ref.features(names["clip"], backbones.clip_images), clip_txt)
     return metrics, info

@@ -141,8 +141,17 @@ def cell_tags(cfg: DictConfig, cell_id: str, env: dict | None = None) -> dict:
         "harness.seed": cfg.seed,
         "harness.metric_backbones": cfg.eval.get("backbone"),
         "mlflow.source.git.commit": (env.get("git") or {}).get("commit"),
-        "slurm.job_id": (env.get("slurm") or {}).get("slurm_job_id"),
-        "slurm.array_task_id": (env.get("slurm") or {}).get("slurm_array_task_id"),
+        **slurm_tags(env.get("slurm") or {}),
+    }
+
+
+def slurm_tags(slurm: dict) -> dict:
+    """The job as squeue and sacct name it (<array job>_<task> for an array task)."""
+    array, task = slurm.get("slurm_array_job_id"), slurm.get("slurm_array_task_id")
+    return {
+        "slurm.job_id": f"{array}_{task}" if array and task is not None else slurm.get("slurm_job_id"),
+        "slurm.array_task_id": task,
+        "slurm.restarts": slurm.get("slurm_restart_count"),
     }
 
 

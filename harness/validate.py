@@ -91,13 +91,18 @@ def _data(cfg: DictConfig) -> None:
 
 def _eval_backbone(cfg: DictConfig) -> None:
     ev = cfg.eval
-    if ev.backbone not in ("none", "world"):
-        raise ConfigError("eval.backbone", ev.backbone, "none or world")
+    if ev.backbone not in ("none", "world", "real"):
+        raise ConfigError("eval.backbone", ev.backbone, "none, world or real")
     if ev.backbone == "world":
         if cfg.data.domain != "world":
-            raise ConfigError("eval.backbone", ev.backbone, f"none with data={cfg.data.name} (the world's backbones judge world images only)")
+            raise ConfigError("eval.backbone", ev.backbone, f"real or none with data={cfg.data.name} (the world's backbones judge world images only)")
         from harness.metrics.world import world_weights
 
         world_weights(ev.weights, "eval.weights")
+    if ev.backbone == "real":
+        from harness.metrics.real import check
+
+        check(ev.real)
+    if ev.backbone != "none":
         for key in ("neutral_prompts", "concept_prompts"):
             check_positive(cfg, f"eval.{key}", int)

@@ -26,8 +26,10 @@ def test_cells_measure_images_against_the_distilled_reference(tmp_path, tiny_wor
         assert key in m and key in distill, key
     assert distill["csd/stripes"] == pytest.approx(100.0) and distill["cp/stripes"] == 0.0
     assert m["fid"] >= 0 and m["cmmd"] >= -1e-9
-    assert bilevel["metric_info"]["fid"]["backbone"] == "world-clip+style-descriptor"
-    assert bilevel["metric_info"]["fid"]["images"] == 6
+    info = bilevel["metric_info"]
+    assert info["fid"]["backbone"] == "world-clip-image-tower" and info["fid"]["scale"] == "world"
+    assert info["fid"]["images"] == 6 and info["fid"]["reference_images"] == 6
+    assert info["concept/stripes"]["backbone"] == "world-clip, style-descriptor"
     index = (cells["bilevel"] / "images" / "concept_stripes" / "prompts.jsonl").read_text().splitlines()
     assert len(index) == 3 and "in the style of stripes" in json.loads(index[0])["prompt"]
 

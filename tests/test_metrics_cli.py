@@ -28,7 +28,9 @@ def test_image_sets_round_trip(tmp_path):
 @pytest.mark.parametrize("metric", ["fid", "cmmd", "csd"])
 def test_distances_are_zero_for_a_set_against_itself(metric, tmp_path, tiny_world_weights):
     styled_set(tmp_path / "a", "stripes")
-    record = compute(metric, tmp_path / "a", tmp_path / "a", tiny_world_weights)
+    from harness.metrics.world import WorldBackbones
+
+    record = compute(metric, tmp_path / "a", tmp_path / "a", WorldBackbones(tiny_world_weights))
     expected = 100.0 if metric == "csd" else 0.0
     assert record["value"] == pytest.approx(expected, abs=1e-4)
     assert record["backbone"] and record["scale"] == "world" and record["images"] == 12

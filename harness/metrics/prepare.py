@@ -90,9 +90,11 @@ def main(argv: list[str]) -> int:
         files = resize_folder(args.images, args.out / "images", args.resolution, args.num)
         record.update(images=len(files), resolution=args.resolution)
         if args.fid_mode != "none":
+            record["fid_mode"] = args.fid_mode
             record["fid_stats"] = str(fid_stats(args.out / "images", args.out, args.fid_mode, device))
         if args.clip is not None:
             record["clip_embeddings"] = str(clip_embeddings(files, args.out, args.clip, device))
+            record["clip"] = str(args.clip.expanduser().resolve())  # CMMD compares embeddings of this model only
     except MissingInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

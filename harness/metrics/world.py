@@ -16,7 +16,6 @@ from harness.errors import MissingInputError
 from harness.world.towers import STYLE_CLASSES, StyleDescriptor, WorldClip
 
 FILES = ("world_clip.safetensors", "style_descriptor.safetensors")
-NAME = "world-clip+style-descriptor"
 
 
 def world_weights(path: str | Path | None, key: str = "--weights") -> Path:
@@ -33,7 +32,12 @@ def world_weights(path: str | Path | None, key: str = "--weights") -> Path:
 
 
 class WorldBackbones:
-    name = NAME
+    """The same interface as `RealBackbones` (harness/metrics/real.py)."""
+
+    scale = "world"
+    classifies_styles = True
+    fid_mode = "clean-fid frechet, native resolution"
+    names = {"fid": "world-clip-image-tower", "clip": "world-clip", "cmmd": "world-clip", "style": "style-descriptor"}
 
     def __init__(self, weights: str | Path | None, device: torch.device | str = "cpu", batch_size: int = 256):
         from harness.models.tiny import build_tiny, tiny_config
@@ -67,6 +71,16 @@ class WorldBackbones:
     @torch.no_grad()
     def clip_images(self, images) -> torch.Tensor:
         return self._batched(self.clip.embed_images, images)
+
+    def cmmd_images(self, images) -> torch.Tensor:
+        return self.clip_images(images)
+
+    def reference(self, dataset, n: int) -> dict:
+        """The neutral reference: the first `n` held-out real images of the world."""
+        images = torch.stack([dataset[i]["image"] for i in range(min(n, len(dataset)))])
+        images = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        clip = self.clip_images(images)
+        return {"fid": self.fid_features(images), "cmmd": clip, "images": len(images), "source": "held-out world renders"}
 
     @torch.no_grad()
     def clip_texts(self, prompts: list[str]) -> torch.Tensor:
