@@ -5,7 +5,8 @@
 
 Named sweeps live in the top-level `sweeps/` folder and are registered as the `sweep` config
 group. Hydra only instantiates sweepers from the `hydra_plugins` namespace, so the harness's
-sweeper is registered there under `hydra_plugins.harness_sweeper`."""
+sweeper is registered there under `hydra_plugins.harness_sweeper`, and its SLURM launcher
+under `hydra_plugins.harness_launcher`."""
 
 from __future__ import annotations
 
@@ -47,10 +48,16 @@ class HarnessSweeperConf:
     grids: list[Any] = field(default_factory=list)
 
 
-def register_sweeper() -> None:
+def register_plugins() -> None:
+    """The harness's sweeper and its SLURM launcher (harness/launch/slurm.py)."""
     from hydra.core.plugins import Plugins
 
     from harness import sweeper
+    from harness.launch import slurm
+
+    slurm.register()
+    if "hydra_plugins.harness_sweeper" in sys.modules:
+        return
 
     module = types.ModuleType("hydra_plugins.harness_sweeper")
     # Hydra accepts plugins only from the hydra_plugins namespace: alias the class there.
@@ -113,7 +120,10 @@ def task(cfg: DictConfig):
     from harness.runner import run_cell
     from harness.validate import validate
 
+    from harness import distributed
+
     setup_logging()
+    distributed.setup()  # several processes under torchrun: one data-parallel cell
     multirun = HydraConfig.get().mode.name == "MULTIRUN"
     if not multirun:
         try:
@@ -121,7 +131,7 @@ def task(cfg: DictConfig):
         except (ConfigError, MissingInputError) as exc:
             fail(str(exc))
     results = run_cell(cfg)
-    if not multirun:
+    if not multirun and results is not None:  # None: not rank 0 of a data-parallel cell
         summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in results["metrics"].items()}
         print(f"cell {results['cell_id']} ({results['method']}): {summary}")
     return results
@@ -131,7 +141,7 @@ def check(argv: list[str]) -> None:
     """Everything that can be checked before a job starts: group choices, composition, and
     every cell's values (all cells of a sweep). Exits 2 with one line on the first problem."""
     register_sweeps()
-    register_sweeper()
+    register_plugins()
     precheck(argv)
     overrides = [a for a in argv if not a.startswith("-")]
     if INFO_FLAGS & set(argv):
@@ -157,7 +167,7 @@ def compose_config(overrides: list[str] | None = None, return_hydra_config: bool
     from hydra import compose, initialize_config_dir
 
     register_sweeps()
-    register_sweeper()
+    register_plugins()
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return compose("config", overrides=list(overrides or []), return_hydra_config=return_hydra_config)
 
@@ -170,7 +180,7 @@ def plan_sweep(arguments: list[str]):
     from hydra.types import HydraContext, RunMode
 
     register_sweeps()
-    register_sweeper()
+    register_plugins()
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF)))
     config = loader.load_configuration("config", overrides=list(arguments), run_mode=RunMode.MULTIRUN)
     from harness.sweeper import HarnessSweeper

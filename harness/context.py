@@ -16,6 +16,8 @@ from torch import nn
 from harness import concepts as concept_registry
 from harness.concepts import Concept
 from harness.data import BatchStream, DataSets, build_data
+from harness import distributed
+from harness.distributed import batch_draw
 from harness.losses import distillation_loss
 from harness.models import DiffusionParts, build_parts
 from harness.pruning import PruneReport, load_pruned, prune_unet, save_pruned
@@ -25,7 +27,7 @@ log = logging.getLogger("harness")
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{distributed.world().local_rank}" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
@@ -62,7 +64,7 @@ class CellContext:
         p = self.cfg.finetune.caption_dropout
         if not p:
             return list(captions)
-        drop = torch.rand(len(captions), generator=generator) < p
+        drop = batch_draw(lambda m: torch.rand(m, generator=generator), len(captions)) < p
         return ["" if d else c for c, d in zip(captions, drop.tolist())]
 
     def lower_loss(self, model: nn.Module, batch: dict, generator: torch.Generator):
@@ -89,12 +91,17 @@ def build_context(cfg: DictConfig, folder: Path, require_cell) -> CellContext:
     # Prune once per cell and keep the result: a resumed cell continues from the exact same
     # architecture and initial weights.
     init = folder / "pruned_init"
-    if init.with_suffix(".json").exists():
+    student = None
+    if distributed.world().main:
+        if init.with_suffix(".json").exists():
+            student, report = load_pruned(init)
+        else:
+            student, report = prune_unet(parts.unet.cpu(), cfg.pruning.ratio, cfg.pruning.importance, cfg.seed)
+            parts.unet.to(device)
+            save_pruned(student, report, init)
+    distributed.barrier()  # data-parallel: the other ranks start from what rank 0 wrote
+    if student is None:
         student, report = load_pruned(init)
-    else:
-        student, report = prune_unet(parts.unet.cpu(), cfg.pruning.ratio, cfg.pruning.importance, cfg.seed)
-        parts.unet.to(device)
-        save_pruned(student, report, init)
     log.info(
         "pruned UNet at ratio %.2f (%s): params %.3fM -> %.3fM, MACs %.1fM -> %.1fM",
         report.ratio, report.importance, report.params_before / 1e6, report.params_after / 1e6,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
@@ -9,11 +10,19 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from harness import distributed
+
 PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "torch-pruning", "clean-fid", "mlflow", "hydra-core", "submitit")
 REPO = Path(__file__).resolve().parent.parent
 
 
 def git_state(repo: Path = REPO) -> dict:
+    """The commit of `repo`; for a frozen copy of the code (a SLURM submission's snapshot),
+    the commit it was made from and where the copy is."""
+    if (snapshot := repo / "CODE.json").is_file():
+        record = json.loads(snapshot.read_text())
+        return {"commit": record.get("commit"), "dirty": record.get("dirty"), "snapshot": record.get("path")}
+
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10).stdout.strip()
 
@@ -36,8 +45,9 @@ def package_versions() -> dict:
 
 
 def slurm_ids() -> dict:
-    keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")
-    return {k.lower(): os.environ[k] for k in keys if k in os.environ}
+    keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SLURM_NTASKS",
+            "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES")
+    return {k.lower(): os.environ[k] for k in keys if k in os.environ and "SLURM_JOB_ID" in os.environ}
 
 
 def environment() -> dict:
@@ -51,4 +61,5 @@ def environment() -> dict:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "slurm": slurm_ids(),
+        "processes": distributed.world().size,  # data-parallel ranks training the cell
     }

@@ -11,16 +11,18 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from harness.distributed import batch_draw
 from harness.pruning import feature_blocks
 
 
 def sample_timesteps(scheduler, n: int, generator: torch.Generator, device) -> torch.Tensor:
-    return torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator).to(device)
+    high = scheduler.config.num_train_timesteps
+    return batch_draw(lambda m: torch.randint(0, high, (m,), generator=generator), n).to(device)
 
 
 def noisy_inputs(scheduler, x0: torch.Tensor, generator: torch.Generator):
     """x_t = forward-noised x0 at uniform t; returns (x_t, t, noise)."""
-    noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+    noise = batch_draw(lambda m: torch.randn((m, *x0.shape[1:]), generator=generator), x0.shape[0]).to(x0.device, x0.dtype)
     t = sample_timesteps(scheduler, x0.shape[0], generator, x0.device)
     return scheduler.add_noise(x0, noise, t), t, noise
 

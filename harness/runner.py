@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from harness import distributed
 from harness.cell import Cell, write_atomic
 from harness.context import build_context
 from harness.env import environment
@@ -27,6 +28,15 @@ from harness.trainer import Trainer, TrainConfig
 from harness.validate import validate
 
 log = logging.getLogger("harness")
+
+# Set when the scheduler is about to requeue this process (submitit's signal handler): the
+# SystemExit that follows ends an attempt; it is not the cell failing.
+_REQUEUE_PENDING = False
+
+
+def requeue_pending() -> None:
+    global _REQUEUE_PENDING
+    _REQUEUE_PENDING = True
 
 
 @contextmanager
@@ -50,13 +60,24 @@ def run_cell(cfg: DictConfig, tracker: Tracker | None = None) -> dict:
     """Train and evaluate the cell for `cfg` (or return its stored results)."""
     validate(cfg)
     cell = Cell(cfg)
+    if not distributed.world().main:
+        # another rank of a data-parallel cell: train alongside rank 0 when it does, write nothing
+        if distributed.decide(None):
+            _train_and_evaluate(cfg, cell, None, None)
+            distributed.barrier()  # until rank 0 has evaluated and completed the cell
+        return None
     if cell.done:
+        distributed.decide(False)
         return cell.results()
     tracker = tracker or Tracker(cfg)
     with cell.lock():
         if cell.done:  # finished by another process while we waited
+            distributed.decide(False)
             return cell.results()
-        return _run_locked(cfg, cell, tracker)
+        distributed.decide(True)
+        results = _run_locked(cfg, cell, tracker)
+    distributed.barrier()  # the other ranks may now read the finished cell (e.g. its student)
+    return results
 
 
 def _run_locked(cfg: DictConfig, cell: Cell, tracker: Tracker) -> dict:
@@ -73,10 +94,17 @@ def _run_locked(cfg: DictConfig, cell: Cell, tracker: Tracker) -> dict:
         try:
             results = _train_and_evaluate(cfg, cell, run, tracker)
         except BaseException as exc:  # KeyboardInterrupt/SystemExit too: the marker says why
+            if isinstance(exc, SystemExit) and _REQUEUE_PENDING:
+                log.info("cell %s interrupted by the scheduler: requeued; resumes from its latest checkpoint", cell.id)
+                _end_attempt(env_path, "requeued")
+                run.finish(None, status="KILLED")
+                raise
             cell.mark_failed(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
             log.error("cell %s failed:\n%s", cell.id, traceback.format_exc())
+            _end_attempt(env_path, "failed")
             run.finish(None, status="FAILED")
             raise
+    _end_attempt(env_path, "completed")
     cell.mark_completed(results)
     run.finish(results)
     return results
@@ -85,6 +113,8 @@ def _run_locked(cfg: DictConfig, cell: Cell, tracker: Tracker) -> dict:
 def _train_and_evaluate(cfg: DictConfig, cell: Cell, run: CellRun, tracker: Tracker) -> dict:
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
+
+    main = run is not None  # rank 0 of a data-parallel cell, or the only process
 
     def require_cell(dep_cfg: DictConfig):
         dep = Cell(dep_cfg)
@@ -118,9 +148,12 @@ def _train_and_evaluate(cfg: DictConfig, cell: Cell, run: CellRun, tracker: Trac
     timings = {}
     for stage in method.stages():
         timings[stage.name] = trainer.fit(stage, cell.path("checkpoints") / stage.name)
+    if not main:
+        return None  # rank 0 evaluates
     save_pruned(ctx.student, ctx.prune_report, cell.path("student"))
     t_eval = time.perf_counter()
-    metrics, metric_info = evaluate(ctx, ctx.student)
+    with distributed.alone():  # the other ranks wait at the cell's final barrier
+        metrics, metric_info = evaluate(ctx, ctx.student)
     cell.append_metrics({"time": time.time(), "stage": "eval", "step": 0, "values": metrics})
     return {
         "cell_id": cell.id,
@@ -132,6 +165,14 @@ def _train_and_evaluate(cfg: DictConfig, cell: Cell, run: CellRun, tracker: Trac
         "timings": {**timings, "eval_seconds": time.perf_counter() - t_eval, "total_seconds": time.perf_counter() - t_start},
         "finished_at": _now(),
     }
+
+
+def _end_attempt(env_path, how: str) -> None:
+    """Record how the latest attempt ended (completed, failed, requeued) in environment.json.
+    An attempt with no end was killed outright (SIGKILL, a bare `scontrol requeue`, a crash)."""
+    env = json.loads(env_path.read_text())
+    env["attempts"][-1].update(ended=how, ended_at=_now())
+    write_atomic(env_path, json.dumps(env, indent=1))
 
 
 def _now() -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler
 
+from harness.distributed import batch_draw
 from harness.models.parts import DiffusionParts
 
 
@@ -51,7 +52,8 @@ def sample(
     cond = parts.encode_prompts(list(prompts))
     uncond = parts.encode_prompts([""] * len(prompts))
     if seeds is None:
-        x = torch.randn(parts.latent_shape(len(prompts)), generator=generator)
+        shape = parts.latent_shape(1)[1:]
+        x = batch_draw(lambda m: torch.randn((m, *shape), generator=generator), len(prompts))
     else:
         shape = parts.latent_shape(1)[1:]
         x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])

@@ -92,18 +92,47 @@ class HarnessSweeper(Sweeper):
         cells = self.plan(arguments)
         name = self.config.get("sweep_name") or "adhoc"
         sweep_id = f"{name}-{hashlib.sha256(','.join(sorted(c.id for c, _ in cells)).encode()).hexdigest()[:8]}"
-        folder = Path(self.config.out_dir) / "sweeps" / sweep_id
+        out_dir = Path(self.config.out_dir).resolve()
+        folder = out_dir / "sweeps" / sweep_id
+        on_slurm = hasattr(self.launcher, "submit_cells")
+        busy = set()
+        if on_slurm:
+            from harness.launch import records
+
+            busy = records.in_flight(records.reconcile(out_dir))
+        pending = [(c, o) for c, o in cells if not c.done and c.id not in busy]
+        running = [c for c, _ in cells if c.id in busy and not c.done]
+        if on_slurm and pending:
+            self.launcher.test_only(len(pending))  # the scheduler's verdict before anything is written
+        print(f"sweep {sweep_id}: {len(cells)} cells, {sum(c.done for c, _ in cells)} already completed, "
+              + (f"{len(running)} queued or running, " if on_slurm else "") + f"{len(pending)} to run", flush=True)
         folder.mkdir(parents=True, exist_ok=True)
-        pending = [(c, o) for c, o in cells if not c.done]
-        print(f"sweep {sweep_id}: {len(cells)} cells, {len(cells) - len(pending)} already completed, {len(pending)} to run", flush=True)
-        (folder / "cells.json").write_text(
-            json.dumps([{"cell_id": c.id, "method": c.cfg.method.name, "overrides": o} for c, o in cells], indent=1)
-        )
+        (folder / "cells.json").write_text(json.dumps([describe(c, o) for c, o in cells], indent=1))
         tracker = Tracker(self.config)
         parent = tracker.get_or_create_run(SWEEP_TAG, sweep_id, sweep_id, {"harness.sweep": name, "harness.cells": len(cells)})
-        (folder / "sweep.json").write_text(json.dumps({"sweep_id": sweep_id, "name": name, "parent_run_id": parent, "arguments": arguments}, indent=1))
-        failed = []
-        if pending:
+        configs = {c.id: job_config(c.cfg, parent, out_dir) for c, _ in cells}
+        (folder / "configs").mkdir(exist_ok=True)
+        for cid, config in configs.items():  # what each cell runs, for `python -m harness.jobs`
+            (folder / "configs" / f"{cid}.yaml").write_text(OmegaConf.to_yaml(config))
+        # the command line again (Hydra's own overrides, such as the launcher's, included): for retry
+        command = [*self.config.hydra.overrides.get("hydra", []), *arguments]
+        info = {"sweep_id": sweep_id, "name": name, "parent_run_id": parent, "arguments": command,
+                "out_dir": str(out_dir), "cwd": str(Path.cwd()), "launcher": "slurm" if on_slurm else "local"}
+        (folder / "sweep.json").write_text(json.dumps(info, indent=1))
+        failed, returns = [], []
+        if on_slurm:
+            if pending:
+                jobs = [(cell, configs[cell.id]) for cell, _ in pending]
+                sub = self.launcher.submit_cells(jobs, sweep_id, out_dir)
+                jobs = sorted({j.split("_")[0] for j in sub.job_ids.values()})
+                print(f"sweep {sweep_id}: submitted {len(pending)} cells as SLURM job {', '.join(jobs)} ({sub.job_name})", flush=True)
+            if not self.launcher.wait:
+                if pending or running:
+                    print(f"sweep {sweep_id}: watch with `python -m harness.jobs status {sweep_id} --out-dir {out_dir}`", flush=True)
+                    return []
+            else:
+                failed = self.launcher.follow([c for c, _ in pending] + running, out_dir)
+        elif pending:
             batch = [o + ([f"tracking.parent_run_id={parent}"] if parent else []) for _, o in pending]
             returns = self.launcher.launch(batch, initial_job_idx=0)
             for (cell, _), ret in zip(pending, returns):
@@ -118,8 +147,32 @@ class HarnessSweeper(Sweeper):
             tracker.log_artifact(parent, folder / "table.csv")
             tracker.log_metrics(parent, [{"time": time.time(), "step": 0, "values": {"cells": len(cells), "failed": len(failed), "wall_seconds": elapsed}}])
             tracker.terminate(parent, "FAILED" if failed else "FINISHED")
+        (folder / "sweep.json").write_text(json.dumps({**info, "finalized": time.time()}, indent=1))
         for cell, err in failed:
             print(f"cell {cell.id} ({cell.cfg.method.name}) FAILED: {err}; log: {cell.path('train.log')}", file=sys.stderr)
         if failed:
             sys.exit(1)
-        return returns if pending else []
+        return returns
+
+
+def describe(cell, overrides: list[str]) -> dict:
+    """A cell as `python -m harness.jobs status` lists it."""
+    from harness.table import method_label
+
+    cfg = cell.cfg
+    return {
+        "cell_id": cell.id, "method": cfg.method.name, "label": method_label(cfg),
+        "concepts": ",".join(cfg.concepts.erase) if cfg.method.name != "distill" else None,
+        "ratio": cfg.pruning.ratio, "K": cfg.method.get("K") if cfg.method.name == "bilevel" else None,
+        "seed": cfg.seed, "overrides": overrides,
+    }
+
+
+def job_config(cfg: DictConfig, parent_run_id: str | None, out_dir: Path) -> dict:
+    """The resolved config a cell's job runs (no Hydra needed there): the sweep's parent run
+    and an absolute out_dir filled in."""
+    plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    config = OmegaConf.to_container(plain, resolve=True)
+    config["out_dir"] = str(out_dir)
+    config["tracking"]["parent_run_id"] = parent_run_id
+    return config

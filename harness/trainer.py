@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from harness import distributed
 from harness.data.streams import BatchStream
 
 log = logging.getLogger("harness")
@@ -114,6 +115,8 @@ class Trainer:
         return 0, {}, 0.0
 
     def _save(self, folder: Path, stage: Stage, optims: dict, step: int, drawn: dict[str, int], seconds: float) -> None:
+        if not distributed.world().main:  # every rank holds the same state: rank 0 writes it
+            return
         folder.mkdir(parents=True, exist_ok=True)
         state = {
             "step": step,
@@ -144,46 +147,49 @@ class Trainer:
 
         def next_batch(name: str) -> dict:
             drawn[name] += 1
-            batch = next(iterators[name])
+            batch = distributed.shard(next(iterators[name]))  # this process's rows of the global batch
             return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
         for module in stage.modules().values():
             module.train()
         pending: dict[str, list[torch.Tensor]] = {}
         t0, done = time.perf_counter(), 0
-        progress = _progress(stage, start, cfg.progress)
-        for step in range(start, stage.steps):
-            generator = self._generator(stage, step)
-            for name in stage.updates(step):
-                opt, spec = optims[name], specs[name]
-                opt.zero_grad(set_to_none=True)
-                for _ in range(cfg.grad_accum):
-                    with self._autocast():
-                        loss, logs = stage.loss(name, next_batch, generator)
-                    (loss / cfg.grad_accum).backward()
-                    for key, value in {"loss": loss.detach(), **logs}.items():
-                        pending.setdefault(f"{name}/{key}", []).append(value)
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(spec.params, cfg.max_grad_norm)
-                scale = min(1.0, (step + 1) / spec.warmup_steps) if spec.warmup_steps else 1.0
-                for group in opt.param_groups:
-                    group["lr"] = spec.lr * scale
-                opt.step()
-            stage.after_step(step)
-            done += 1
-            last = step + 1 == stage.steps
-            if pending and ((step + 1) % cfg.log_every == 0 or last):
-                # One host sync per logging interval, not per step.
-                means = {k: torch.stack(v).float().mean().item() for k, v in pending.items()}
-                pending.clear()
-                if self.on_log:
-                    self.on_log(stage.name, step + 1, means)
+        main = distributed.world().main
+        progress = _progress(stage, start, cfg.progress) if main else None
+        with distributed.data_parallel():
+            for step in range(start, stage.steps):
+                generator = self._generator(stage, step)
+                for name in stage.updates(step):
+                    opt, spec = optims[name], specs[name]
+                    opt.zero_grad(set_to_none=True)
+                    for _ in range(cfg.grad_accum):
+                        with self._autocast():
+                            loss, logs = stage.loss(name, next_batch, generator)
+                        (loss / cfg.grad_accum).backward()
+                        for key, value in {"loss": loss.detach(), **logs}.items():
+                            pending.setdefault(f"{name}/{key}", []).append(value)
+                    distributed.average_gradients(spec.params)
+                    if cfg.max_grad_norm:
+                        torch.nn.utils.clip_grad_norm_(spec.params, cfg.max_grad_norm)
+                    scale = min(1.0, (step + 1) / spec.warmup_steps) if spec.warmup_steps else 1.0
+                    for group in opt.param_groups:
+                        group["lr"] = spec.lr * scale
+                    opt.step()
+                stage.after_step(step)
+                done += 1
+                last = step + 1 == stage.steps
+                if pending and ((step + 1) % cfg.log_every == 0 or last):
+                    # One host sync per logging interval, not per step.
+                    means = distributed.average({k: torch.stack(v).float().mean().item() for k, v in pending.items()})
+                    pending.clear()
+                    if self.on_log and main:
+                        self.on_log(stage.name, step + 1, means)
+                    if progress is not None:
+                        progress.set_postfix({k.split("/")[0] + "/" + k.split("/")[-1]: f"{v:.4f}" for k, v in means.items() if k.endswith("/loss")})
                 if progress is not None:
-                    progress.set_postfix({k.split("/")[0] + "/" + k.split("/")[-1]: f"{v:.4f}" for k, v in means.items() if k.endswith("/loss")})
-            if progress is not None:
-                progress.update(1)
-            if (step + 1) % cfg.checkpoint_every == 0 or last:
-                self._save(folder, stage, optims, step + 1, drawn, seconds_before + time.perf_counter() - t0)
+                    progress.update(1)
+                if (step + 1) % cfg.checkpoint_every == 0 or last:
+                    self._save(folder, stage, optims, step + 1, drawn, seconds_before + time.perf_counter() - t0)
         if progress is not None:
             progress.close()
         for module in stage.modules().values():

@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
+import sys
+import time
 
 import pytest
 
 from tests.conftest import REPO, SMALL, SMALL_WORLD, run_cli
 
 TINY = [*SMALL_WORLD, *SMALL, "pruning.ratio=0.3"]
+ON_SLURM = ["launcher=slurm_local"]
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the local SLURM cluster's daemons run as root")
 
 
@@ -32,23 +37,59 @@ def cluster(tmp_path_factory):
         subprocess.run([str(REPO / "slurm" / "cluster" / "stop.sh"), str(folder)], capture_output=True)
 
 
-def sacct_states(env: dict, job: str) -> dict[str, str]:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "JobID,State"], env={**os.environ, **env},
-                         capture_output=True, text=True, check=True).stdout
-    return dict(line.split("|") for line in out.split())
+def slurm(cluster, *args: str, check: bool = True) -> str:
+    return subprocess.run(list(args), env={**os.environ, **cluster}, capture_output=True, text=True, check=check).stdout
+
+
+def sacct_states(cluster, job: str) -> dict[str, str]:
+    out = slurm(cluster, "sacct", "-n", "-X", "-P", "-j", job, "-o", "JobID,State")
+    return {j: s.split()[0] for j, s in (line.split("|") for line in out.split("\n") if line)}
 
 
 def cell_metrics(out_dir) -> dict:
     return {p.parent.name: json.loads(p.read_text())["metrics"] for p in out_dir.glob("cells/*/results.json")}
 
 
+def sweep_cells(out_dir) -> list[str]:
+    (cells,) = list(out_dir.glob("sweeps/*/cells.json"))
+    return [c["cell_id"] for c in json.loads(cells.read_text())]
+
+
+def submissions(out_dir) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out_dir / "slurm" / "submissions").glob("*.json"))]
+
+
+def attempts(cell_dir) -> list[dict]:
+    path = cell_dir / "environment.json"
+    return json.loads(path.read_text())["attempts"] if path.exists() else []
+
+
+def latest_step(cell_dir, stage: str = "finetune") -> int:
+    steps = [int(p.stem.split("_")[1]) for p in (cell_dir / "checkpoints" / stage).glob("step_*.pt")]
+    return max(steps, default=0)
+
+
+def wait_until(predicate, timeout: float, what: str, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def jobs_cli(cluster, out_dir, *args) -> subprocess.CompletedProcess:
+    return run_cli(["harness.jobs", "--out-dir", str(out_dir), *args], env=cluster)
+
+
 def test_sweep_runs_as_a_job_array_and_matches_a_local_run(cluster, tmp_path):
     import mlflow
 
     grid = ["-m", "method=distill,two_stage"]
-    on_slurm = run_cli(["harness", *grid, "launcher=slurm_local", *TINY, f"out_dir={tmp_path / 'slurm'}"], env=cluster)
+    env = {**cluster, "OMP_NUM_THREADS": "1"}  # the same arithmetic here as in the 1-CPU jobs
+    on_slurm = run_cli(["harness", *grid, *ON_SLURM, "hydra.launcher.wait=true", *TINY, f"out_dir={tmp_path / 'slurm'}"], env=env)
     assert on_slurm.returncode == 0, on_slurm.stderr[-3000:]
-    local = run_cli(["harness", *grid, *TINY, f"out_dir={tmp_path / 'local'}"])
+    local = run_cli(["harness", *grid, *TINY, f"out_dir={tmp_path / 'local'}"], env=env)
     assert local.returncode == 0, local.stderr[-3000:]
 
     remote, here = cell_metrics(tmp_path / "slurm"), cell_metrics(tmp_path / "local")
@@ -64,3 +105,232 @@ def test_sweep_runs_as_a_job_array_and_matches_a_local_run(cluster, tmp_path):
     assert len(arrays) == 1, job_ids  # one array for the sweep
     states = sacct_states(cluster, arrays.pop())
     assert {states[j] for j in job_ids.values()} == {"COMPLETED"}, states
+    (sub,) = submissions(tmp_path / "slurm")
+    assert sub["state"] == "submitted" and sub["job_ids"] == job_ids
+
+    # the jobs ran the frozen copy of the code, and know its commit
+    env = json.loads((tmp_path / "slurm" / "cells" / sub["cells"][0] / "environment.json").read_text())
+    assert env["git"]["snapshot"] == sub["code"]["path"] and sub["code"]["path"].startswith(str(tmp_path / "slurm" / "slurm" / "code"))
+    assert env["git"]["commit"] == sub["code"]["commit"]
+
+    status = jobs_cli(cluster, tmp_path / "slurm", "status")
+    assert status.returncode == 0, status.stderr
+    assert "2 cells: 2 completed" in status.stdout
+    for cell, job in job_ids.items():
+        assert any(cell in line and job in line and "fid " in line for line in status.stdout.splitlines()), status.stdout
+
+
+@pytest.mark.parametrize("request_, reason", [
+    ("hydra.launcher.partition=nope", "Invalid partition name specified"),
+    ("hydra.launcher.mem_gb=100000", "Requested node configuration is not available"),
+    ("hydra.launcher.gpus_per_node=4 hydra.launcher.partition=gpu", "Requested node configuration is not available"),
+])
+def test_a_request_the_scheduler_rejects_fails_before_anything_is_written(cluster, tmp_path, request_, reason):
+    out = tmp_path / "out"
+    run = run_cli(["harness", "-m", "method=distill", *ON_SLURM, *request_.split(), *TINY, f"out_dir={out}"], env=cluster)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and reason in lines[0] and "SLURM rejects" in lines[0], run.stderr
+    assert not out.exists()  # no sweep, cell, MLflow store or submission record
+
+
+def test_a_failing_cell_fails_alone_and_retry_resubmits_only_it(cluster, tmp_path):
+    # More DDIM steps than training timesteps: valid-looking, fails at run time in the eraser.
+    args = ["harness", "-m", "method=distill,two_stage", *ON_SLURM, "hydra.launcher.wait=true", *TINY,
+            "eraser.sampler_steps=5000", f"out_dir={tmp_path}", "tracking.enabled=false"]
+    first = run_cli(args, env=cluster)
+    assert first.returncode == 1, first.stderr[-2000:]
+    distill, two_stage = sweep_cells(tmp_path)
+    assert (tmp_path / "cells" / distill / "COMPLETED").exists()
+    failed = tmp_path / "cells" / two_stage
+    assert (failed / "FAILED").exists() and "Traceback" in (failed / "train.log").read_text()
+    assert "FAILED" in first.stderr and two_stage in first.stderr
+    (sub,) = submissions(tmp_path)
+    job = sub["job_ids"][two_stage]
+    wait_until(lambda: sacct_states(cluster, job).get(job) == "FAILED", 20, "sacct FAILED")
+
+    retry = jobs_cli(cluster, tmp_path, "retry")
+    assert "2 cells, 1 already completed, 0 queued or running, 1 to run" in retry.stdout, retry.stdout + retry.stderr
+    assert [s["cells"] for s in submissions(tmp_path)] == [[distill, two_stage], [two_stage]]
+    assert len(attempts(failed)) == 2
+
+
+def test_status_tail_and_cancel_a_detached_sweep(cluster, tmp_path):
+    long = ["finetune.steps=5000", "tracking.enabled=false"]
+    run = run_cli(["harness", "-m", "method=distill,bilevel", *ON_SLURM, *TINY, *long, f"out_dir={tmp_path}"], env=cluster)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "submitted 2 cells as SLURM job" in run.stdout and "python -m harness.jobs status" in run.stdout
+    distill, bilevel = sweep_cells(tmp_path)
+    (sub,) = submissions(tmp_path)
+    try:
+        check_status_tail_cancel(cluster, tmp_path, sub, distill, bilevel)
+    finally:  # long jobs: never leave them running
+        slurm(cluster, "scancel", *sub["job_ids"].values(), check=False)
+
+
+def check_status_tail_cancel(cluster, tmp_path, sub, distill, bilevel):
+    wait_until(lambda: (tmp_path / "cells" / distill / "metrics.jsonl").exists(), 180, "the distill cell to log a loss")
+
+    status = jobs_cli(cluster, tmp_path, "status")
+    rows = {line.split()[0]: line for line in status.stdout.splitlines()[2:]}
+    assert "running" in rows[distill] and sub["job_ids"][distill] in rows[distill], status.stdout
+    assert re.search(r"finetune \d+ lower \d", rows[distill]), status.stdout  # its latest step and loss
+
+    tail = jobs_cli(cluster, tmp_path, "tail", distill[:6], "-n", "100")
+    assert tail.returncode == 0 and f"cell {distill} (distill), attempt 1" in tail.stdout, tail.stdout + tail.stderr
+
+    cancel_one = jobs_cli(cluster, tmp_path, "cancel", distill[:6])
+    assert "cancelled 1 job(s)" in cancel_one.stdout, cancel_one.stdout + cancel_one.stderr
+    first, second = sub["job_ids"][distill], sub["job_ids"][bilevel]
+    array = first.split("_")[0]
+    wait_until(lambda: sacct_states(cluster, array).get(first) == "CANCELLED", 30, "the cell's job cancelled")
+    assert sacct_states(cluster, array).get(second) in ("RUNNING", "PENDING")
+
+    cancel_all = jobs_cli(cluster, tmp_path, "cancel", sub["sweep_id"])
+    assert "cancelled 1 job(s)" in cancel_all.stdout, cancel_all.stdout + cancel_all.stderr
+    wait_until(lambda: set(sacct_states(cluster, array).values()) == {"CANCELLED"}, 30, "the sweep cancelled")
+    final = jobs_cli(cluster, tmp_path, "status")
+    assert "2 cells: 2 cancelled" in final.stdout, final.stdout
+    assert not (tmp_path / "cells" / distill / "FAILED").exists()  # cancelled, not failed: retry reruns it
+
+
+def test_a_crash_between_sbatch_and_recording_the_ids_orphans_nothing(cluster, tmp_path, monkeypatch):
+    from harness.app import compose_config, plan_sweep
+    from harness.launch import records
+    from harness.launch.slurm import HarnessSlurmLauncher
+    from harness.sweeper import job_config
+
+    for key, value in cluster.items():
+        monkeypatch.setenv(key, value)
+    args = ["method=distill", *ON_SLURM, *TINY, f"out_dir={tmp_path}", "tracking.enabled=false"]
+    ((cell, _),) = plan_sweep(args)
+    params = compose_config(args, return_hydra_config=True).hydra.launcher
+    launcher = HarnessSlurmLauncher(**{k: v for k, v in params.items() if k != "_target_"})
+
+    def killed(self, job_ids):
+        raise KeyboardInterrupt("killed after sbatch, before the job ids were recorded")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(records.Submission, "submitted", killed)
+        with pytest.raises(KeyboardInterrupt):
+            launcher.submit_cells([(cell, job_config(cell.cfg, None, tmp_path))], "crash", tmp_path)
+    (sub,) = submissions(tmp_path)
+    assert sub["state"] == "submitting" and sub["job_ids"] == {}
+
+    again = run_cli(["harness", "-m", *args, "hydra.launcher.wait=true"], env=cluster)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "1 cells, 0 already completed, 1 queued or running, 0 to run" in again.stdout, again.stdout
+    (adopted,) = submissions(tmp_path)  # the job sbatch made was found by its name, not submitted again
+    assert adopted["state"] == "submitted" and adopted["job_ids"][cell.id]
+    assert (tmp_path / "cells" / cell.id / "COMPLETED").exists()
+    named = slurm(cluster, "sacct", "-n", "-X", "-P", "--name", adopted["job_name"], "-o", "JobID")
+    assert named.split() == [adopted["job_ids"][cell.id]]
+
+
+def test_jobs_run_the_code_they_were_submitted_with(cluster, tmp_path):
+    from harness.launch.snapshot import source_files
+
+    checkout = tmp_path / "checkout"
+    for rel in source_files(REPO):
+        (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, checkout / rel)
+    git = ["git", "-C", str(checkout), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "submitted"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+
+    out = tmp_path / "out"
+    env = {**os.environ, **cluster, "PYTHONPATH": str(checkout)}
+    submit = subprocess.run([sys.executable, "-m", "harness", "-m", "method=distill", *ON_SLURM, *TINY, f"out_dir={out}",
+                             "tracking.enabled=false", "++hydra.launcher.additional_parameters.hold=true"],
+                            cwd=checkout, env=env, capture_output=True, text=True, timeout=300)
+    assert submit.returncode == 0, submit.stderr[-2000:]
+    (sub,) = submissions(out)
+    # The checkout changes while the job waits: the job must not see it.
+    (checkout / "harness" / "runner.py").write_text("raise RuntimeError('edited after submission')\n")
+    (cell,) = sweep_cells(out)
+    slurm(cluster, "scontrol", "release", sub["job_ids"][cell])
+    wait_until(lambda: (out / "cells" / cell / "COMPLETED").exists() or (out / "cells" / cell / "FAILED").exists(), 300, "the cell")
+    assert (out / "cells" / cell / "COMPLETED").exists(), (out / "cells" / cell / "train.log").read_text()[-2000:]
+    recorded = json.loads((out / "cells" / cell / "environment.json").read_text())["git"]
+    assert recorded == {"commit": commit, "dirty": False, "snapshot": sub["code"]["path"]}
+
+
+def test_time_limit_preemption_and_bare_requeue_resume_to_the_same_result(cluster, tmp_path):
+    """Three runs of one cell: uninterrupted (here), on SLURM past a 2-minute time limit, and
+    on SLURM preempted (submitit's signal) then requeued by a bare `scontrol requeue`."""
+    cell_args = ["method=distill", *TINY, "finetune.steps=400", "runtime.checkpoint_every=20", "tracking.enabled=false"]
+    limited, preempted, local = tmp_path / "limited", tmp_path / "preempted", tmp_path / "local"
+    # Each signal under a 2-minute limit counts as a timeout (submitit): allow enough requeues.
+    limit = ["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30", "hydra.launcher.max_num_timeout=20"]
+    # One thread per process: the three runs share 2 cores, and do the same arithmetic.
+    env = {**cluster, "OMP_NUM_THREADS": "1"}
+    for out, extra in ((limited, limit), (preempted, [])):
+        run = run_cli(["harness", "-m", *cell_args, *ON_SLURM, *extra, f"out_dir={out}"], env=env)
+        assert run.returncode == 0, run.stderr[-2000:]
+    reference = subprocess.Popen([sys.executable, "-m", "harness", *cell_args, f"out_dir={local}"], cwd=REPO,
+                                 env={**os.environ, **env, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    (cell,) = sweep_cells(preempted)
+    folder = preempted / "cells" / cell
+    job = submissions(preempted)[0]["job_ids"][cell]
+
+    # preemption as submitit sees it: SIGTERM, then the USR2 warning
+    at = wait_until(lambda: latest_step(folder) >= 60 and latest_step(folder), 300, "60 steps before preemption")
+    slurm(cluster, "scancel", "--signal=TERM", job)
+    slurm(cluster, "scancel", "--signal=USR2", job)
+    wait_until(lambda: len(attempts(folder)) == 2, 120, "the preempted job to restart")
+    assert attempts(folder)[0]["ended"] == "requeued"
+    # a bare requeue: the job is killed and restarts from its original submission
+    wait_until(lambda: latest_step(folder) >= at + 60, 300, "progress after the first resume")
+    slurm(cluster, "scontrol", "requeue", job)
+    wait_until(lambda: len(attempts(folder)) == 3, 120, "the requeued job to restart")
+    assert "ended" not in attempts(folder)[1]  # killed outright, no chance to say anything
+
+    for out in (preempted, limited):
+        wait_until(lambda out=out: (out / "cells" / cell / "COMPLETED").exists() or (out / "cells" / cell / "FAILED").exists(),
+                   600, f"{out.name} to finish", every=2)
+    assert reference.wait(timeout=600) == 0, reference.stderr.read()[-2000:]
+
+    log = (preempted / "cells" / cell / "train.log").read_text()
+    assert log.count("resumed stage finetune from step_") == 2, log
+    limited_attempts = attempts(limited / "cells" / cell)
+    assert len(limited_attempts) >= 2 and limited_attempts[0]["ended"] == "requeued", limited_attempts
+    assert "timed-out" in "".join(p.read_text() for p in (limited / "slurm").glob("*/*_log.err"))
+
+    from safetensors.torch import load_file
+
+    want = load_file(local / "cells" / cell / "student.safetensors")
+    for out in (preempted, limited):
+        got = load_file(out / "cells" / cell / "student.safetensors")
+        assert got.keys() == want.keys()
+        worst = max((got[k].float() - want[k].float()).abs().max().item() for k in want)
+        assert worst <= 1e-6, f"{out.name}: weights differ by {worst}"
+        assert cell_metrics(out)[cell] == pytest.approx(cell_metrics(local)[cell], rel=1e-5, abs=1e-6), out.name
+
+
+def test_a_gpu_request_reaches_the_job_which_trains_data_parallel(cluster, tmp_path):
+    """gpus_per_node=2 on the gpu partition (the local cluster's fake GPUs): the job gets the two
+    GPUs and two tasks, one per GPU, which train the cell data-parallel (gloo: no CUDA here) to
+    the result of one local process with the same global batch."""
+    from safetensors.torch import load_file
+
+    args = ["method=distill", *TINY, "tracking.enabled=false"]
+    env = {**cluster, "OMP_NUM_THREADS": "1"}
+    gpus = ["hydra.launcher.wait=true", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=2"]
+    on_slurm = run_cli(["harness", "-m", *args, *ON_SLURM, *gpus, f"out_dir={tmp_path / 'slurm'}"], env=env)
+    assert on_slurm.returncode == 0, on_slurm.stderr[-3000:]
+    local = run_cli(["harness", *args, f"out_dir={tmp_path / 'local'}"], env=env)
+    assert local.returncode == 0, local.stderr[-3000:]
+
+    (cell,) = sweep_cells(tmp_path / "slurm")
+    (sub,) = submissions(tmp_path / "slurm")
+    job = sub["job_ids"][cell]
+    tres = slurm(cluster, "sacct", "-n", "-X", "-P", "-j", job, "-o", "AllocTRES")
+    assert "gres/gpu=2" in tres, tres
+    env_json = json.loads((tmp_path / "slurm" / "cells" / cell / "environment.json").read_text())
+    assert env_json["processes"] == 2 and env_json["slurm"]["slurm_ntasks"] == "2"
+    assert env_json["slurm"]["cuda_visible_devices"] == "0,1"
+    a = load_file(tmp_path / "local" / "cells" / cell / "student.safetensors")
+    b = load_file(tmp_path / "slurm" / "cells" / cell / "student.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5

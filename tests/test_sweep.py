@@ -80,3 +80,19 @@ def test_a_failing_cell_does_not_stop_the_sweep(tmp_path):
     second = run_cli(args)
     assert "2 cells, 1 already completed, 1 to run" in second.stdout
     assert len(json.loads((failed / "environment.json").read_text())["attempts"]) == 2
+
+
+def test_jobs_status_and_tail_read_a_finished_local_sweep(smoke):
+    out, _ = smoke
+    status = run_cli(["harness.jobs", "--out-dir", str(out), "status", "smoke"])
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert lines[0].endswith("5 cells: 5 completed")
+    rows = [line.split() for line in lines[2:7]]
+    assert sorted(r[0] for r in rows) == sorted(c.name for c in (out / "cells").iterdir())
+    assert all("completed" in r and "fid" in r for r in rows)
+    cell = rows[0][0]
+    tail = run_cli(["harness.jobs", "tail", cell[:5], "--out-dir", str(out), "-n", "500"])
+    assert tail.returncode == 0 and f"cell {cell}" in tail.stdout
+    unknown = run_cli(["harness.jobs", "--out-dir", str(out), "status", "nosuchsweep"])
+    assert unknown.returncode == 2 and unknown.stderr.strip().count("\n") == 0 and "smoke-" in unknown.stderr

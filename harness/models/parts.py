@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from harness.distributed import batch_draw
+
 
 @dataclass
 class DiffusionParts:
@@ -60,7 +62,9 @@ class DiffusionParts:
         if self.vae is None:
             return images
         dist = self.vae.encode(images).latent_dist
-        return dist.sample(generator=generator) * self.vae_scale
+        # dist.sample(generator), with the noise drawn for the global batch (harness.distributed)
+        noise = batch_draw(lambda m: torch.randn((m, *dist.mean.shape[1:]), generator=generator, dtype=dist.mean.dtype), len(images))
+        return (dist.mean + dist.std * noise.to(dist.mean.device)) * self.vae_scale
 
     @torch.no_grad()
     def decode(self, x: torch.Tensor) -> torch.Tensor:

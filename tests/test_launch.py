@@ -1,0 +1,91 @@
+"""The SLURM bookkeeping without a cluster: sacct parsing, which cells count as in flight,
+adopting the jobs of an interrupted submission, and code snapshots."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+from harness.launch import records
+from harness.launch.snapshot import MARKER, freeze
+
+
+def test_sacct_lines_are_parsed_with_folded_pending_tasks():
+    text = "12_0|COMPLETED\n12_[1-3,5%4]|PENDING\n13|CANCELLED by 0\n14_4|RUNNING\n"
+    assert records.parse_sacct(text) == {
+        "12_0": "COMPLETED", "12_1": "PENDING", "12_2": "PENDING", "12_3": "PENDING", "12_5": "PENDING",
+        "13": "CANCELLED", "14_4": "RUNNING",
+    }
+
+
+def submission(tmp_path, cells, job_ids=None, age_s=0.0):
+    sub = records.Submission.create(tmp_path, "sweep-1", cells)
+    sub.created -= age_s
+    if job_ids:
+        sub.submitted(job_ids)
+    else:
+        sub.save()
+    return sub
+
+
+def test_in_flight_cells_are_those_with_live_or_just_submitted_jobs(tmp_path, monkeypatch):
+    submission(tmp_path, ["done", "busy"], ["7_0", "7_1"], age_s=1000)
+    submission(tmp_path, ["fresh", "stale"], ["8_0", "8_1"], age_s=0)
+    submission(tmp_path, ["sending"])  # sbatch under way
+    states = {"7_0": "COMPLETED", "7_1": "RUNNING", "8_1": "FAILED"}
+    monkeypatch.setattr(records, "job_states", lambda ids: {j: states[j] for j in ids if j in states})
+    # "fresh" (8_0) is unknown to sacct but 0 s old: queued; "done" ended; "stale" failed
+    assert records.in_flight(records.load_submissions(tmp_path)) == {"busy", "fresh", "sending"}
+
+
+def test_reconcile_adopts_jobs_found_by_name_and_abandons_old_empty_submissions(tmp_path, monkeypatch):
+    lost = submission(tmp_path, ["a", "b"])
+    empty = submission(tmp_path, ["c"], age_s=records.ABANDON_AFTER_S + 1)
+    young = submission(tmp_path, ["d"])
+    found = {lost.job_name: ["21_0", "21_1"]}
+    monkeypatch.setattr(records, "find_jobs_named", lambda name, since, count: found.get(name))
+    subs = {s.token: s for s in records.reconcile(tmp_path)}
+    assert subs[lost.token].state == "submitted" and subs[lost.token].job_ids == {"a": "21_0", "b": "21_1"}
+    assert subs[empty.token].state == "abandoned"
+    assert subs[young.token].state == "submitting"  # may still be on its way: its cells stay in flight
+    assert records.latest_jobs(records.load_submissions(tmp_path)) == {"a": ("21_0", subs[lost.token]), "b": ("21_1", subs[lost.token])}
+
+
+def git_repo(path):
+    (path / "harness").mkdir(parents=True)
+    (path / "harness" / "code.py").write_text("VALUE = 1\n")
+    (path / "weights.bin").write_bytes(os.urandom(2 << 20))
+    (path / ".gitignore").write_text("outputs/\n")
+    (path / "outputs").mkdir()
+    (path / "outputs" / "big.pt").write_bytes(b"x")
+    git = ["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    return subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_a_snapshot_copies_the_tree_links_large_files_and_is_shared_while_unchanged(tmp_path):
+    from harness.env import git_state
+
+    repo = tmp_path / "repo"
+    commit = git_repo(repo)
+    first = freeze(tmp_path / "code", repo)
+    snap = tmp_path / "code" / first["digest"]
+    assert first["commit"] == commit and first["dirty"] is False and first["path"] == str(snap)
+    assert (snap / "harness" / "code.py").read_text() == "VALUE = 1\n"
+    assert not (snap / "outputs").exists()  # ignored files stay out
+    assert os.stat(snap / "weights.bin").st_ino == os.stat(repo / "weights.bin").st_ino
+    assert git_state(snap) == {"commit": commit, "dirty": False, "snapshot": str(snap)}
+    made = (snap / MARKER).stat().st_mtime_ns
+    time.sleep(0.01)
+    assert freeze(tmp_path / "code", repo) == first and (snap / MARKER).stat().st_mtime_ns == made
+
+    (repo / "harness" / "code.py").write_text("VALUE = 2\n")  # an edit after submission
+    second = freeze(tmp_path / "code", repo)
+    assert second["digest"] != first["digest"] and second["dirty"] is True
+    assert (snap / "harness" / "code.py").read_text() == "VALUE = 1\n"  # the first stays as it was
+    assert "VALUE = 2" in (tmp_path / "code" / second["digest"] / "DIFF.patch").read_text()
+    assert json.loads((tmp_path / "code" / second["digest"] / MARKER).read_text())["commit"] == commit
