@@ -142,27 +142,15 @@ def render(sweep: Path, rows: list[dict]) -> str:
 
 
 def finalize(sweep: Path) -> str | None:
-    """Every cell has ended: write the sweep's table and close its MLflow parent run (once)."""
+    """Every cell has ended: what a waiting sweep does at its end (once)."""
     from harness.cell import Cell
-    from harness.table import write_table
+    from harness.sweeper import close_sweep
     from harness.tracking import Tracker
 
-    info = read_json(sweep / "sweep.json", {})
-    if info.get("finalized"):
+    if read_json(sweep / "sweep.json", {}).get("finalized"):
         return None
     configs = [OmegaConf.load(sweep / "configs" / f"{c['cell_id']}.yaml") for c in read_json(sweep / "cells.json", [])]
-    cells = [Cell(cfg) for cfg in configs]
-    table = write_table(cells, sweep)
-    failed = sum(not c.done for c in cells)
-    if info.get("parent_run_id") and configs:
-        tracker = Tracker(configs[0])
-        tracker.log_artifact(info["parent_run_id"], sweep / "table.md")
-        tracker.log_artifact(info["parent_run_id"], sweep / "table.csv")
-        tracker.log_metrics(info["parent_run_id"], [{"time": time.time(), "step": 0, "values": {"cells": len(cells), "failed": failed}}])
-        tracker.terminate(info["parent_run_id"], "FAILED" if failed else "FINISHED")
-    info["finalized"] = time.time()
-    (sweep / "sweep.json").write_text(json.dumps(info, indent=1))
-    return table
+    return close_sweep(sweep, [Cell(cfg) for cfg in configs], Tracker(configs[0])) if configs else None
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -189,7 +177,6 @@ def cmd_tail(args) -> int:
             print(f"cell {folder.name}: no log yet", file=sys.stderr)
             return 1
         log = logs[-1]
-    position = 0
     lines = log.read_text(errors="replace").splitlines()
     print("\n".join(lines[-args.lines:]), flush=True)
     position = log.stat().st_size

@@ -85,7 +85,6 @@ class HarnessSweeper(Sweeper):
 
     # -- the sweep -------------------------------------------------------------------------
     def sweep(self, arguments: list[str]) -> Any:
-        from harness.table import write_table
         from harness.tracking import SWEEP_TAG, Tracker
 
         t0 = time.perf_counter()
@@ -138,21 +137,32 @@ class HarnessSweeper(Sweeper):
             for (cell, _), ret in zip(pending, returns):
                 if ret.status.name != "COMPLETED":
                     failed.append((cell, ret._return_value))
-        table = write_table([c for c, _ in cells], folder)
-        print(table, flush=True)
         elapsed = time.perf_counter() - t0
+        table = close_sweep(folder, [c for c, _ in cells], tracker, {"wall_seconds": elapsed})
+        print(table, flush=True)
         print(f"sweep {sweep_id}: {len(cells) - len(failed)}/{len(cells)} cells completed in {elapsed:.0f} s; table: {folder / 'table.md'}", flush=True)
-        if parent:
-            tracker.log_artifact(parent, folder / "table.md")
-            tracker.log_artifact(parent, folder / "table.csv")
-            tracker.log_metrics(parent, [{"time": time.time(), "step": 0, "values": {"cells": len(cells), "failed": len(failed), "wall_seconds": elapsed}}])
-            tracker.terminate(parent, "FAILED" if failed else "FINISHED")
-        (folder / "sweep.json").write_text(json.dumps({**info, "finalized": time.time()}, indent=1))
         for cell, err in failed:
             print(f"cell {cell.id} ({cell.cfg.method.name}) FAILED: {err}; log: {cell.path('train.log')}", file=sys.stderr)
         if failed:
             sys.exit(1)
         return returns
+
+
+def close_sweep(folder: Path, cells: list, tracker, values: dict | None = None) -> str:
+    """Every cell of the sweep has ended: write its table, log it to the MLflow parent run and
+    close that run (FAILED if any cell did not complete), and mark the sweep finalized."""
+    from harness.table import write_table
+
+    info = json.loads((folder / "sweep.json").read_text())
+    table = write_table(cells, folder)
+    failed = sum(not c.done for c in cells)
+    if parent := info.get("parent_run_id"):
+        tracker.log_artifact(parent, folder / "table.md")
+        tracker.log_artifact(parent, folder / "table.csv")
+        tracker.log_metrics(parent, [{"time": time.time(), "step": 0, "values": {"cells": len(cells), "failed": failed, **(values or {})}}])
+        tracker.terminate(parent, "FAILED" if failed else "FINISHED")
+    (folder / "sweep.json").write_text(json.dumps({**info, "finalized": time.time()}, indent=1))
+    return table
 
 
 def describe(cell, overrides: list[str]) -> dict:

@@ -3,9 +3,10 @@ MissingInputError) whose message is one line naming the key, the value and what 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from harness import concepts
 from harness.data import DATA_NAMES
@@ -52,6 +53,17 @@ def validate(cfg: DictConfig) -> None:
     check_positive(cfg, "runtime.checkpoint_every", int)
     check_positive(cfg, "runtime.log_every", int)
     method.validate(cfg)
+    _split_over_processes(cfg)
+
+
+def _split_over_processes(cfg: DictConfig) -> None:
+    """Under torchrun every batch is split over the data-parallel processes (WORLD_SIZE)."""
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    keys = ["finetune.batch_size", "eraser.batch_size"] + (["method.upper_batch_size"] if cfg.method.name == "bilevel" else [])
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        if value % processes:
+            raise ConfigError(key, value, f"a multiple of {processes}, the number of data-parallel processes")
 
 
 def _model(cfg: DictConfig) -> None:

@@ -55,4 +55,5 @@ def test_a_batch_that_does_not_split_fails_in_one_line(tmp_path):
     run = run_cli(["torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "harness", "method=distill", *TINY,
                    "finetune.batch_size=3", f"out_dir={tmp_path}"], env={"OMP_NUM_THREADS": "1"})
     assert run.returncode != 0
-    assert "a batch of 3 does not split over 2 processes" in run.stderr
+    assert "finetune.batch_size=3 is not accepted: a multiple of 2, the number of data-parallel processes" in run.stderr
+    assert not (tmp_path / "cells").exists()  # checked before anything started
