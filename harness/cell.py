@@ -29,7 +29,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.method import COMMON_SECTIONS, get_method
+from harness.method import get_method
 
 SCHEMA_VERSION = 2  # 2: trained-weights checksums are part of a cell's identity
 METHOD_CONF = Path(__file__).resolve().parent / "conf" / "method"
@@ -44,10 +44,13 @@ def method_keys(name: str) -> list[str]:
 def semantic_config(cfg: DictConfig) -> dict:
     """The part of the config that decides what a cell computes. Of the `method` section only
     the method's own keys count: a sweep-wide `method.K` makes no new distill cell."""
-    sections = COMMON_SECTIONS + get_method(cfg.method.name).sections
+    method = get_method(cfg.method.name)
+    sections = method.common_sections + method.sections
     resolved = OmegaConf.to_container(cfg, resolve=True)
     semantic = {"schema": SCHEMA_VERSION, **{s: resolved.get(s) for s in sections}}
     semantic["method"] = {k: v for k, v in resolved["method"].items() if k in method_keys(cfg.method.name)}
+    if not (semantic.get("eval") or {}).get("recovery_steps"):
+        semantic["eval"].pop("recovery_steps", None)  # off: the ids of cells from before it existed hold
     semantic["weights"] = weight_checksums(cfg)
     return semantic
 
@@ -85,6 +88,10 @@ def distill_config(cfg: DictConfig) -> DictConfig:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("hydra", None)
     resolved["method"] = OmegaConf.to_container(OmegaConf.load(METHOD_CONF / "distill.yaml"))
+    # recovery points within fine-tuning carry over (one distill cell serves both); later ones
+    # belong to the erasing stage
+    steps = resolved["eval"].get("recovery_steps") or []
+    resolved["eval"]["recovery_steps"] = [s for s in steps if s <= resolved["finetune"]["steps"]]
     return OmegaConf.create(resolved)
 
 

@@ -20,7 +20,8 @@ from harness import distributed
 from harness.distributed import batch_draw
 from harness.losses import distillation_loss
 from harness.models import DiffusionParts, build_parts
-from harness.pruning import PruneReport, load_pruned, prune_unet, save_pruned
+from harness.method import get_method
+from harness.pruning import PruneReport, count_macs_params, load_pruned, prune_unet, save_pruned
 
 log = logging.getLogger("harness")
 
@@ -92,7 +93,11 @@ def build_context(cfg: DictConfig, folder: Path, require_cell) -> CellContext:
     # architecture and initial weights.
     init = folder / "pruned_init"
     student = None
-    if distributed.world().main:
+    if not get_method(cfg.method.name).prunes:  # the teacher itself, evaluated as it is
+        macs, params = count_macs_params(parts.unet)
+        report = PruneReport(0.0, "none", params, params, macs, macs)
+        student = copy.deepcopy(parts.unet)
+    elif distributed.world().main:
         if init.with_suffix(".json").exists():
             student, report = load_pruned(init)
         else:
@@ -102,11 +107,14 @@ def build_context(cfg: DictConfig, folder: Path, require_cell) -> CellContext:
     distributed.barrier()  # data-parallel: the other ranks start from what rank 0 wrote
     if student is None:
         student, report = load_pruned(init)
-    log.info(
-        "pruned UNet at ratio %.2f (%s): params %.3fM -> %.3fM, MACs %.1fM -> %.1fM",
-        report.ratio, report.importance, report.params_before / 1e6, report.params_after / 1e6,
-        report.macs_before / 1e6, report.macs_after / 1e6,
-    )
+    if not get_method(cfg.method.name).prunes:
+        log.info("the teacher UNet itself, unpruned: params %.3fM, MACs %.1fM", report.params_after / 1e6, report.macs_after / 1e6)
+    else:
+        log.info(
+            "pruned UNet at ratio %.2f (%s): params %.3fM -> %.3fM, MACs %.1fM -> %.1fM",
+            report.ratio, report.importance, report.params_before / 1e6, report.params_after / 1e6,
+            report.macs_before / 1e6, report.macs_after / 1e6,
+        )
     student = student.to(device).requires_grad_(True)
     kept = {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in report.kept_channels.items()}
     return CellContext(cfg, folder, device, parts, student, report, data, erase, retain, require_cell, kept)

@@ -123,9 +123,44 @@ def evaluate(ctx, model) -> tuple[dict, dict]:
         from harness.image_eval import image_metrics
 
         backbones = metric_backbones(ev, ctx.device)
-        reference = None if ctx.cfg.method.name == "distill" else ctx.require_cell(distill_config(ctx.cfg)) / "images"
+        from harness.method import get_method
+
+        # CSD and CP compare a model's concept images with the un-erased distilled model's (the
+        # paper's convention: the distilled row reads 100 / 0); the teacher row has neither.
+        method = get_method(ctx.cfg.method.name)
+        reference = None
+        if method.erases:
+            reference = ctx.require_cell(distill_config(ctx.cfg)) / "images"
+        elif method.prunes:
+            reference = ctx.folder / "images"
         more, more_info = image_metrics(ctx, model, backbones, concepts, reference)
         metrics.update(more)
         info.update(more_info)
     return metrics, info
 
+
+
+@torch.no_grad()
+def recovery(ctx, stage, folder, steps) -> list[tuple[int, dict]]:
+    """Quality along training: the student of each checkpoint kept at `steps` (the trainer keeps
+    them: TrainConfig.keep_steps), measured on the neutral held-out prompts (held-out MSE, and
+    FID, CLIP score and CMMD where image metrics are on). Each set's images go under
+    images/recovery/step_<N>/. Returns [(step, {"recovery/<metric>": value})]."""
+    import copy
+
+    from harness.image_eval import image_metrics
+    from harness.trainer import checkpoints
+
+    ev, found = ctx.cfg.eval, dict(checkpoints(folder))
+    model = copy.deepcopy(stage.modules()["student"]).eval()
+    backbones = metric_backbones(ev, ctx.device) if ev.backbone != "none" else None
+    out = []
+    for step in sorted(steps):
+        state = torch.load(found[step], map_location="cpu", weights_only=True)
+        model.load_state_dict(state["modules"]["student"])
+        values = {"heldout_mse": heldout_mse(ctx, model, ctx.data.heldout_neutral, ev.batch_size, ev.seed)}
+        if backbones is not None:
+            more, _ = image_metrics(ctx, model, backbones, [], None, root=ctx.folder / "images" / "recovery" / f"step_{step}")
+            values.update(more)
+        out.append((step, {f"recovery/{k}": v for k, v in values.items()}))
+    return out

@@ -34,10 +34,13 @@ def seeds_for(ev, n: int, offset: int = 0) -> list[int]:
     return [ev.seed * 100_003 + offset + i for i in range(n)]
 
 
-def image_metrics(ctx, model, backbones, concepts, reference: Path | None) -> tuple[dict, dict]:
+def image_metrics(ctx, model, backbones, concepts, reference: Path | None, root: Path | None = None) -> tuple[dict, dict]:
     """Returns (metrics, info): info records backbone, mode, scale and image counts per metric.
+    `reference`: the images folder CSD and CP compare with (None: neither is measured);
+    `root`: where the generated sets go (default: the cell's images/).
     `backbones`: WorldBackbones or RealBackbones (the same interface, harness/metrics)."""
-    ev, root, names = ctx.cfg.eval, ctx.folder / "images", backbones.names
+    ev, names = ctx.cfg.eval, backbones.names
+    root = root or ctx.folder / "images"
     neutral = ctx.data.heldout_neutral
     n = min(ev.neutral_prompts, len(neutral))
     prompts = [neutral[i]["caption"] for i in range(n)]
@@ -68,8 +71,8 @@ def image_metrics(ctx, model, backbones, concepts, reference: Path | None) -> tu
             metrics[f"presence/{concept.name}"] = M.presence_rate(images.features(f"{names['style']}-logits", backbones.style_logits),
                                                                   backbones.concept_index(concept.name))
         info[f"concept/{concept.name}"] = {**base, "images": k, "backbone": f"{names['clip']}, {names['style']}"}
-        ref_folder = (reference or ctx.folder / "images") / f"concept_{concept.name}"
-        if ref_folder.is_dir():
+        ref_folder = reference / f"concept_{concept.name}" if reference is not None else None
+        if ref_folder is not None and ref_folder.is_dir():
             ref = load_images(ref_folder)
             if ref.prompts == prompts and ref.seeds == seeds:
                 metrics[f"csd/{concept.name}"] = M.style_similarity(images.features(names["style"], backbones.style_embeddings),

@@ -25,8 +25,12 @@ COMMON_SECTIONS = ("seed", "model", "data", "pruning", "train", "finetune", "met
 
 class Method(ABC):
     name: ClassVar[str]
-    # Sections beyond COMMON_SECTIONS that change what this method trains.
+    # The config sections every cell of this method depends on, and those beyond them that
+    # change what it trains.
+    common_sections: ClassVar[tuple[str, ...]] = COMMON_SECTIONS
     sections: ClassVar[tuple[str, ...]] = ()
+    prunes: ClassVar[bool] = True  # False: the cell evaluates the unpruned teacher itself
+    erases: ClassVar[bool] = True  # False: the cell is a reference for every concept set
 
     def __init__(self, ctx: CellContext):
         self.ctx = ctx
@@ -35,6 +39,12 @@ class Method(ABC):
     @classmethod
     def validate(cls, cfg) -> None:
         """Check this method's own config keys; raise ConfigError naming the bad one."""
+
+    @classmethod
+    def trained_steps(cls, cfg) -> int | None:
+        """Iterations of the method's last stage (None: it trains nothing): the steps at which
+        `eval.recovery_steps` may measure it."""
+        return cfg.finetune.steps
 
     @abstractmethod
     def stages(self) -> Iterator[Stage]:

@@ -17,10 +17,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness import distributed
-from harness.cell import Cell, write_atomic
-from harness.context import build_context
+from harness.cell import Cell, cell_id, distill_config, write_atomic
+from harness.context import build_context, pick_device
+from harness.costs import CostMeter
 from harness.env import environment
-from harness.evaluation import evaluate
+from harness.evaluation import evaluate, recovery
 from harness.method import get_method
 from harness.pruning import save_pruned
 from harness.tracking import CellRun, Tracker
@@ -111,6 +112,14 @@ def _run_locked(cfg: DictConfig, cell: Cell, tracker: Tracker) -> dict:
 
 
 def _train_and_evaluate(cfg: DictConfig, cell: Cell, run: CellRun, tracker: Tracker) -> dict:
+    with CostMeter(pick_device(cfg.runtime.device)) as meter:
+        results = _train_and_evaluate_measured(cfg, cell, run, tracker)
+    if results is not None:
+        results["cost"] = meter.figures()
+    return results
+
+
+def _train_and_evaluate_measured(cfg: DictConfig, cell: Cell, run: CellRun, tracker: Tracker) -> dict:
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
 
@@ -138,6 +147,7 @@ def _train_and_evaluate(cfg: DictConfig, cell: Cell, run: CellRun, tracker: Trac
             precision=cfg.train.precision,
             checkpoint_every=rt.checkpoint_every,
             keep_checkpoints=rt.keep_checkpoints,
+            keep_steps=tuple(cfg.eval.recovery_steps),
             log_every=rt.log_every,
             progress=rt.progress,
         ),
@@ -145,16 +155,23 @@ def _train_and_evaluate(cfg: DictConfig, cell: Cell, run: CellRun, tracker: Trac
         on_log,
     )
     method = get_method(cfg.method.name)(ctx)
-    timings = {}
+    timings, last_stage = {}, None
     for stage in method.stages():
         timings[stage.name] = trainer.fit(stage, cell.path("checkpoints") / stage.name)
+        last_stage = stage
     if not main:
         return None  # rank 0 evaluates
-    save_pruned(ctx.student, ctx.prune_report, cell.path("student"))
+    if get_method(cfg.method.name).prunes:  # (the teacher cell's student is the teacher's file)
+        save_pruned(ctx.student, ctx.prune_report, cell.path("student"))
     t_eval = time.perf_counter()
     with distributed.alone():  # the other ranks wait at the cell's final barrier
         metrics, metric_info = evaluate(ctx, ctx.student)
-    cell.append_metrics({"time": time.time(), "stage": "eval", "step": 0, "values": metrics})
+        cell.append_metrics({"time": time.time(), "stage": "eval", "step": 0, "values": metrics})
+        if cfg.eval.recovery_steps and last_stage is not None:
+            # quality along training, from the checkpoints kept at those steps (logged per step)
+            for step, values in recovery(ctx, last_stage, cell.path("checkpoints") / last_stage.name, cfg.eval.recovery_steps):
+                cell.append_metrics({"time": time.time(), "stage": "recovery", "step": step, "values": values})
+    method_cls = get_method(cfg.method.name)
     return {
         "cell_id": cell.id,
         "method": cfg.method.name,
@@ -162,6 +179,8 @@ def _train_and_evaluate(cfg: DictConfig, cell: Cell, run: CellRun, tracker: Trac
         "metrics": metrics,
         "metric_info": metric_info,
         "pruning": {k: v for k, v in vars(ctx.prune_report).items() if k != "kept_channels"},
+        # the distill cell this one starts from or is compared with (cost of stage 1, CSD reference)
+        "depends_on": cell_id(distill_config(cfg)) if method_cls.erases else None,
         "timings": {**timings, "eval_seconds": time.perf_counter() - t_eval, "total_seconds": time.perf_counter() - t_start},
         "finished_at": _now(),
     }

@@ -26,6 +26,7 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import ConfigError, MissingInputError, fail
+from harness.method import get_method
 
 log = logging.getLogger("harness")
 
@@ -80,7 +81,7 @@ class HarnessSweeper(Sweeper):
                 seen.add(cell.id)
                 cells.append((cell, list(overrides)))
         # Cells other cells start from (distill: stage 1 of two-stage) run first.
-        cells.sort(key=lambda c: c[0].cfg.method.name != "distill")
+        cells.sort(key=lambda c: get_method(c[0].cfg.method.name).erases)  # references first
         return cells
 
     # -- the sweep -------------------------------------------------------------------------
@@ -109,6 +110,8 @@ class HarnessSweeper(Sweeper):
         (folder / "cells.json").write_text(json.dumps([describe(c, o) for c, o in cells], indent=1))
         tracker = Tracker(self.config)
         parent = tracker.get_or_create_run(SWEEP_TAG, sweep_id, sweep_id, {"harness.sweep": name, "harness.cells": len(cells)})
+        if parent:  # the planned cells: analysis marks the ones with no finished run as missing
+            tracker.log_artifact(parent, folder / "cells.json")
         configs = {c.id: job_config(c.cfg, parent, out_dir) for c, _ in cells}
         (folder / "configs").mkdir(exist_ok=True)
         for cid, config in configs.items():  # what each cell runs, for `python -m harness.jobs`
@@ -167,14 +170,18 @@ def close_sweep(folder: Path, cells: list, tracker, values: dict | None = None) 
 
 def describe(cell, overrides: list[str]) -> dict:
     """A cell as `python -m harness.jobs status` lists it."""
+    from analysis.records import row_params
     from harness.table import method_label
+    from harness.tracking import flatten
 
     cfg = cell.cfg
+    method = get_method(cfg.method.name)
     return {
         "cell_id": cell.id, "method": cfg.method.name, "label": method_label(cfg),
-        "concepts": ",".join(cfg.concepts.erase) if cfg.method.name != "distill" else None,
-        "ratio": cfg.pruning.ratio, "K": cfg.method.get("K") if cfg.method.name == "bilevel" else None,
+        "concepts": ",".join(cfg.concepts.erase) if method.erases else None,
+        "ratio": cfg.pruning.ratio if method.prunes else None, "K": cfg.method.get("K") if cfg.method.name == "bilevel" else None,
         "seed": cfg.seed, "overrides": overrides,
+        "params": row_params(flatten(OmegaConf.to_container(cfg, resolve=True))),
     }
 
 

@@ -127,8 +127,11 @@ class Tracker:
 
 
 def cell_tags(cfg: DictConfig, cell_id: str, env: dict | None = None) -> dict:
+    from harness.method import get_method
+
     m = cfg.method
-    uses_concepts = m.name != "distill"
+    method = get_method(m.name)
+    uses_concepts = method.erases
     env = env or {}
     return {
         "harness.method": m.name,
@@ -136,13 +139,20 @@ def cell_tags(cfg: DictConfig, cell_id: str, env: dict | None = None) -> dict:
         "harness.K": m.get("K"),
         "harness.eraser": cfg.eraser.name if uses_concepts else None,
         "harness.concepts": ",".join(cfg.concepts.erase) if uses_concepts else None,
-        "harness.pruning_ratio": cfg.pruning.ratio,
+        "harness.pruning_ratio": cfg.pruning.ratio if method.prunes else None,
+        "harness.depends_on": _distill_cell_id(cfg) if method.erases else None,
         "harness.model": cfg.model.name,
         "harness.seed": cfg.seed,
         "harness.metric_backbones": cfg.eval.get("backbone"),
         "mlflow.source.git.commit": (env.get("git") or {}).get("commit"),
         **slurm_tags(env.get("slurm") or {}),
     }
+
+
+def _distill_cell_id(cfg: DictConfig) -> str:
+    from harness.cell import cell_id, distill_config
+
+    return cell_id(distill_config(cfg))
 
 
 def slurm_tags(slurm: dict) -> dict:
@@ -153,6 +163,20 @@ def slurm_tags(slurm: dict) -> dict:
         "slurm.array_task_id": task,
         "slurm.restarts": slurm.get("slurm_restart_count"),
     }
+
+
+def summary_values(results: dict) -> dict:
+    """A finished cell's run metrics: its evaluation, its cost (cost/*) and its size (pruning/*),
+    so a table or a figure can be made from MLflow alone."""
+    values = dict(results.get("metrics", {}))
+    for key, value in (results.get("cost") or {}).items():
+        if value is not None:
+            values[f"cost/{key}"] = value
+    p = results.get("pruning") or {}
+    if p.get("params_after"):
+        values["pruning/params_m"] = p["params_after"] / 1e6
+        values["pruning/macs_pct"] = 100 * p["macs_after"] / p["macs_before"]
+    return values
 
 
 class CellRun:
@@ -201,6 +225,27 @@ class CellRun:
             self.state["logged_lines"] = len(lines)
             self._save()
 
+    SAMPLES_PER_CONCEPT = 8
+
+    def _log_concept_samples(self, run_id: str) -> None:
+        """The first images of each concept set (fixed prompts and seeds, the same in every cell),
+        as images/concept_<name>/: the sample-grid figure is drawn from MLflow alone."""
+        import shutil
+        import tempfile
+
+        sets = sorted(self.cell.path("images").glob("concept_*/prompts.jsonl"))
+        if not sets:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            for prompts in sets:
+                dest = Path(tmp) / prompts.parent.name
+                dest.mkdir()
+                lines = prompts.read_text().splitlines()[: self.SAMPLES_PER_CONCEPT]
+                (dest / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+                for line in lines:
+                    shutil.copy(prompts.parent / json.loads(line)["file"], dest)
+            self.tracker.call("log artifacts", self.tracker.client.log_artifacts, run_id, tmp, "images")
+
     def finish(self, results: dict | None, status: str = "FINISHED") -> bool:
         """Final metrics, artifacts, status. Returns True when MLflow has everything."""
         run_id = self.state.get("run_id")
@@ -209,10 +254,11 @@ class CellRun:
         self.flush(force=True)
         t = self.tracker
         if results is not None:
-            summary = {"time": time.time(), "step": 0, "values": results.get("metrics", {})}
+            summary = {"time": time.time(), "step": 0, "values": summary_values(results)}
             t.log_metrics(run_id, [summary])
             for name in ("config.yaml", "results.json", "samples.png", "environment.json"):
                 t.log_artifact(run_id, self.cell.path(name))
+            self._log_concept_samples(run_id)
         t.terminate(run_id, status)
         if not t.down and status == "FINISHED":
             self.state["synced"] = True

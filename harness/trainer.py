@@ -73,6 +73,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
+    keep_steps: tuple[int, ...] = ()  # checkpoints kept whatever keep_checkpoints says (recovery curves)
     log_every: int = 10
     progress: bool | None = None  # None: a progress bar only on a terminal
 
@@ -128,7 +129,8 @@ class Trainer:
         tmp = folder / f"step_{step:08d}.pt.tmp"
         torch.save(state, tmp)
         tmp.replace(folder / f"step_{step:08d}.pt")  # atomic: a reader sees all of it or nothing
-        for _, old in checkpoints(folder)[self.config.keep_checkpoints :]:
+        rotating = [(s, p) for s, p in checkpoints(folder) if s not in self.config.keep_steps]
+        for _, old in rotating[self.config.keep_checkpoints :]:
             old.unlink(missing_ok=True)
 
     def fit(self, stage: Stage, folder: Path) -> dict:
@@ -188,7 +190,7 @@ class Trainer:
                         progress.set_postfix({k.split("/")[0] + "/" + k.split("/")[-1]: f"{v:.4f}" for k, v in means.items() if k.endswith("/loss")})
                 if progress is not None:
                     progress.update(1)
-                if (step + 1) % cfg.checkpoint_every == 0 or last:
+                if (step + 1) % cfg.checkpoint_every == 0 or last or step + 1 in cfg.keep_steps:
                     self._save(folder, stage, optims, step + 1, drawn, seconds_before + time.perf_counter() - t0)
         if progress is not None:
             progress.close()

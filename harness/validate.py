@@ -26,7 +26,7 @@ def validate(cfg: DictConfig) -> None:
     _model(cfg)
     _data(cfg)
     ratio = cfg.pruning.ratio
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
+    if method.prunes and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0):
         raise ConfigError("pruning.ratio", ratio, "a number strictly between 0 and 1")
     if cfg.pruning.importance not in IMPORTANCES:
         raise ConfigError("pruning.importance", cfg.pruning.importance, f"one of {', '.join(IMPORTANCES)}")
@@ -49,6 +49,7 @@ def validate(cfg: DictConfig) -> None:
     for key in ("batch_size", "sample_steps"):
         check_positive(cfg, f"eval.{key}", int)
     check_positive(cfg, "eval.grid_neutral", int, allow_zero=True)
+    _recovery_steps(cfg, method)
     _eval_backbone(cfg)
     check_positive(cfg, "runtime.checkpoint_every", int)
     check_positive(cfg, "runtime.log_every", int)
@@ -99,6 +100,14 @@ def _data(cfg: DictConfig) -> None:
                 raise MissingInputError(f"data.root={root}: missing {sub}/ (MS-COCO 2017 layout: annotations/captions_train2017.json, images/train2017/)")
         if not Path(str(d.concept_source)).expanduser().exists():
             raise MissingInputError(f"data.concept_source={d.concept_source}: no such file or folder (an image folder or a parquet/arrow table)")
+
+
+def _recovery_steps(cfg: DictConfig, method) -> None:
+    steps, last = cfg.eval.get("recovery_steps") or [], method.trained_steps(cfg)
+    for step in steps:
+        if isinstance(step, bool) or not isinstance(step, int) or step <= 0 or last is None or step > last:
+            accepted = f"steps between 1 and {last} (the iterations of {cfg.method.name}'s last stage)" if last else f"[] ({cfg.method.name} trains nothing)"
+            raise ConfigError("eval.recovery_steps", list(steps), accepted)
 
 
 def _eval_backbone(cfg: DictConfig) -> None:

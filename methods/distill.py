@@ -34,6 +34,7 @@ class FinetuneStage(Stage):
 @register
 class Distill(Method):
     name = "distill"
+    erases = False
 
     def stages(self):
         yield FinetuneStage(self.ctx)

@@ -24,6 +24,10 @@ class TwoStage(Method):
     def validate(cls, cfg) -> None:
         erasers.validate(cfg)
 
+    @classmethod
+    def trained_steps(cls, cfg):
+        return cfg.eraser.steps  # the eraser stage (stage 1 is the distill cell's)
+
     def stages(self):
         self.ctx.load_student(self.ctx.require_cell(distill_config(self.cfg)))
         frozen = self.ctx.frozen_copy(self.ctx.student)

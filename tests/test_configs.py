@@ -45,9 +45,9 @@ def test_every_sweep_expands_to_valid_distinct_cells(sweep, tiny_world_weights):
     ids = [c.id for c, _ in cells]
     assert len(ids) == len(set(ids)) > 1
     methods = {c.cfg.method.name for c, _ in cells}
-    assert "distill" in methods and cells[0][0].cfg.method.name == "distill"  # what others start from goes first
+    assert "distill" in methods and cells[0][0].cfg.method.name in ("teacher", "distill")  # references go first
     if sweep in ("smoke", "paper_table"):
-        assert methods == {"distill", "two_stage", "bilevel"}
+        assert methods == {"teacher", "distill", "two_stage", "bilevel"}
 
 
 def test_paper_table_has_k_only_for_bilevel():
@@ -57,8 +57,8 @@ def test_paper_table_has_k_only_for_bilevel():
         by_method.setdefault(c.cfg.method.name, []).append(c)
     assert len({c.cfg.method.K for c in by_method["bilevel"]}) >= 2
     # distill depends on neither K nor concept set: one cell per pruning ratio
-    ratios = {c.cfg.pruning.ratio for c in cells}
-    assert len(by_method["distill"]) == len(ratios)
+    ratios = {c.cfg.pruning.ratio for c in cells if c.cfg.method.name != "teacher"}  # the teacher is not pruned
+    assert len(by_method["distill"]) == len(ratios) and len(by_method["teacher"]) == 1
 
 
 def test_command_line_values_apply_to_every_grid_and_foreign_keys_change_nothing():

@@ -127,7 +127,7 @@ def test_cell_evaluation_with_real_backbones(real_setup, context_for, tiny_world
     validate(ctx.cfg)
     backbones = RealBackbones(ctx.cfg.eval.real)
     concepts = eval_concepts(ctx)
-    metrics, info = image_metrics(ctx, ctx.student, backbones, concepts, reference=None)
+    metrics, info = image_metrics(ctx, ctx.student, backbones, concepts, reference=ctx.folder / "images")
     assert {"fid", "clip_score", "cmmd"} <= metrics.keys()
     assert all(np.isfinite(metrics[k]) for k in ("fid", "clip_score", "cmmd"))
     for c in concepts:

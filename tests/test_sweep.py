@@ -28,18 +28,20 @@ def smoke(tmp_path_factory):
 def test_smoke_sweep_runs_every_method(smoke):
     out, first = smoke
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "5 cells, 0 already completed, 5 to run" in first.stdout
+    assert "6 cells, 0 already completed, 6 to run" in first.stdout
     cells = sorted((out / "cells").iterdir())
-    assert len(cells) == 5  # two-stage reused the sweep's distill cell
+    assert len(cells) == 6  # two-stage reused the sweep's distill cell
     methods = sorted(json.loads((c / "results.json").read_text())["method"] for c in cells)
-    assert methods == ["bilevel", "bilevel", "distill", "two_stage", "two_stage"]
+    assert methods == ["bilevel", "bilevel", "distill", "teacher", "two_stage", "two_stage"]
     for c in cells:
         assert (c / "COMPLETED").exists() and (c / "samples.png").exists()
+        results = json.loads((c / "results.json").read_text())
+        assert results["cost"]["wall_s"] > 0 and results["cost"]["peak_rss_gb"] > 0
     (sweep,) = (out / "sweeps").iterdir()
     table = (sweep / "table.md").read_text()
     assert "bilevel (penalty, esd)" in table and "two-stage + concept_ablation" in table
     assert table in first.stdout
-    assert (sweep / "table.csv").read_text().count("\n") == 6
+    assert (sweep / "table.csv").read_text().count("\n") == 7
 
 
 def test_mlflow_has_a_parent_and_a_child_per_cell(smoke):
@@ -47,7 +49,7 @@ def test_mlflow_has_a_parent_and_a_child_per_cell(smoke):
     runs = mlflow_runs(out)
     parents = [r for r in runs if "harness.sweep_id" in r.data.tags]
     children = [r for r in runs if "harness.cell_id" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 5
+    assert len(parents) == 1 and len(children) == 6
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
     for r in children:
         assert r.info.status == "FINISHED"
@@ -61,9 +63,9 @@ def test_rerun_starts_no_training_and_no_new_runs(smoke):
     before = {c.name: (c / "COMPLETED").stat().st_mtime for c in (out / "cells").iterdir()}
     again = run_cli(["harness", "-m", "sweep=smoke", *SMALL_WORLD, *SMALL, f"out_dir={out}"])
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "5 cells, 5 already completed, 0 to run" in again.stdout
+    assert "6 cells, 6 already completed, 0 to run" in again.stdout
     assert {c.name: (c / "COMPLETED").stat().st_mtime for c in (out / "cells").iterdir()} == before
-    assert len(mlflow_runs(out)) == 6
+    assert len(mlflow_runs(out)) == 7
 
 
 def test_a_failing_cell_does_not_stop_the_sweep(tmp_path):
@@ -87,8 +89,8 @@ def test_jobs_status_and_tail_read_a_finished_local_sweep(smoke):
     status = run_cli(["harness.jobs", "--out-dir", str(out), "status", "smoke"])
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
-    assert lines[0].endswith("5 cells: 5 completed")
-    rows = [line.split() for line in lines[2:7]]
+    assert lines[0].endswith("6 cells: 6 completed")
+    rows = [line.split() for line in lines[2:8]]
     assert sorted(r[0] for r in rows) == sorted(c.name for c in (out / "cells").iterdir())
     assert all("completed" in r and "fid" in r for r in rows)
     cell = rows[0][0]

@@ -1,25 +1,93 @@
-"""The paper table: cells that differ only by seed become one row of mean ± sd."""
+"""Tables from records: seeds make one row of mean ± sd, best values bold, missing cells
+marked, the paper's numbers beside real-scale rows, three renderings."""
 
 from __future__ import annotations
 
-from harness.table import markdown, over_seeds
+import json
+
+from analysis.records import Record
+from analysis.render import Mark, Stat, latex, markdown, to_csv
+from analysis.tables import k_ablation, overview, ratio_loss, style_removal
 
 
-def row(seed, fid, state="completed", method="distill only", ratio=0.1):
-    return {"method": method, "concepts": "stripes", "ratio": ratio, "K": "", "seed": seed, "cell": f"c{seed}{ratio}",
-            "state": state, "params (M)": 0.5, "fid": fid, "presence_erased": 40.0 + seed}
+def rec(method, seed=0, ratio=0.1, state="completed", K=None, eraser="esd", model="world", loss=(1.0, 2.0, 0.1), cell=None, **metrics):
+    params = {"method.name": method, "seed": str(seed), "pruning.ratio": str(ratio), "eraser.name": eraser,
+              "method.solver": "alternating", "concepts.erase": json.dumps(["stripes", "dots"]),
+              "concepts.retain": json.dumps(["glow"]), "model.name": model,
+              "finetune.loss.diffusion": str(loss[0]), "finetune.loss.output_kd": str(loss[1]), "finetune.loss.feature_kd": str(loss[2])}
+    if K is not None:
+        params["method.K"] = str(K)
+    return Record(cell or f"{method}{seed}{ratio}{K}{eraser}{loss}", state, params, metrics if state == "completed" else {})
 
 
-def test_seeds_make_one_row_of_mean_and_sd():
-    rows = over_seeds([row(0, 1.0), row(1, 2.0), row(2, 3.0), row(0, 5.0, ratio=0.2)])
-    assert len(rows) == 2
-    three = next(r for r in rows if r["ratio"] == 0.1)
-    assert three["seeds"] == 3 and three["fid"] == (2.0, 1.0) and three["presence_erased"] == (41.0, 1.0)
-    assert next(r for r in rows if r["ratio"] == 0.2)["seeds"] == 1
-    assert "| 2 ± 1 |" in markdown([row(0, 1.0), row(1, 2.0), row(2, 3.0)])
+def concept_metrics(stripes, dots, glow=80.0, fid=2.0):
+    return {"fid": fid, "clip_score": 90.0, "presence/stripes": stripes, "presence/dots": dots, "presence/glow": glow,
+            "csd/stripes": stripes, "csd/dots": dots, "cost/wall_s": 10.0}
 
 
-def test_a_missing_seed_is_flagged_not_dropped():
-    rows = over_seeds([row(0, 1.0), row(1, 3.0), row(2, None, state="failed")])
-    assert rows[0]["state"] == "2/3 seeds completed" and rows[0]["fid"] == (2.0, 2 ** 0.5)
-    assert "*2/3 seeds completed*" in markdown([row(0, 1.0), row(1, 3.0), row(2, None, state="failed")])
+def test_seeds_make_one_row_of_mean_and_sd_and_the_best_is_bold():
+    records = [rec("distill", s, **concept_metrics(60, 70, fid=f)) for s, f in ((0, 1.0), (1, 2.0), (2, 3.0))]
+    records += [rec("two_stage", s, **concept_metrics(10 + s, 20, fid=4.0)) for s in range(3)]
+    records += [rec("teacher", **concept_metrics(0, 0, fid=0.5))]  # a reference: never bold
+    averaged, *per_concept = style_removal(records)
+    assert [t.title for t in [averaged, *per_concept]] == [
+        "Style removal, ratio 0.1, averaged over stripes+dots", "Style removal, ratio 0.1, stripes", "Style removal, ratio 0.1, dots"]
+    rows = {r["method"]: r for r in averaged.rows}
+    assert list(rows) == ["teacher", "distill only", "two-stage + esd"]
+    assert rows["distill only"]["fid"] == Stat(2.0, 1.0, 3) and rows["distill only"]["n"] == "3/3"
+    assert rows["two-stage + esd"]["presence_erased"] == Stat(15.5, 0.5, 3)  # stripes 10..12 and dots 20, averaged
+    assert per_concept[0].rows[2]["presence_erased"] == Stat(11.0, 1.0, 3)
+    text = markdown(averaged)
+    assert "**2 ± 1**" in text and "**15.5 ± 0.5**" in text  # best FID, best erased presence
+    assert "| 0.5 |" in text and "**0.5**" not in text  # the teacher's FID: better, but a reference
+    assert "presence erased ↓" in text and "presence retained ↑" in text
+
+
+def test_a_missing_or_failed_cell_is_marked_not_dropped():
+    records = [rec("distill", 0, **concept_metrics(60, 70)), rec("distill", 1, **concept_metrics(62, 70)),
+               rec("distill", 2, state="failed"), rec("bilevel", 0, K=5, state="missing"), rec("bilevel", 0, K=10, **concept_metrics(30, 40))]
+    table = overview(records)
+    rows = {(r["method"], r["K"]): r for r in table.rows}
+    assert rows[("distill only", None)]["n"] == "2/3" and rows[("distill only", None)]["fid"].n == 2
+    assert rows[("bilevel (alternating, esd)", 5)]["n"] == "0/1"
+    assert Mark("missing") in rows[("bilevel (alternating, esd)", 5)].values()
+    assert "*missing*" in markdown(table) and r"\textit{missing}" in latex(table)
+    (k,) = k_ablation(records)
+    assert [r["K"] for r in k.rows] == [5, 10]
+
+
+def test_latex_is_booktabs_and_csv_keeps_mean_and_sd():
+    records = [rec("distill", s, **concept_metrics(60 + s, 70)) for s in range(2)]
+    records += [rec("two_stage", 0, **concept_metrics(10, 20))]
+    table = style_removal(records)[0]
+    tex = latex(table)
+    assert tex.count(r"\toprule") == 1 and r"\midrule" in tex and r"\bottomrule" in tex and r"$\downarrow$" in tex
+    assert r"$\pm$" in tex and "two-stage + esd" in tex and r"\textbf{" in tex
+    csv = to_csv([table]).splitlines()
+    header = csv[0].split(",")
+    assert "presence_erased" in header and "presence_erased_sd" in header and "presence_erased_n" in header
+
+
+def test_published_numbers_sit_beside_real_scale_rows_only():
+    real = [rec("distill", 0, model="sd21", **concept_metrics(60, 70)), rec("two_stage", 0, model="sd21", **concept_metrics(10, 20)),
+            rec("bilevel", 0, K=10, model="sd21", **concept_metrics(5, 6))]
+    table = style_removal(real, published=True)[0]
+    labels = [r["method"] for r in table.rows]
+    assert "two-stage + esd (paper)" in labels and "bilevel (alternating, esd) (paper)" in labels
+    assert "two-stage + UCE (paper)" in labels
+    paper_row = table.rows[labels.index("bilevel (alternating, esd) (paper)")]
+    assert paper_row["csd_erased"] == 39.04 and paper_row["fid"] == 22.24
+    # published rows are references: the best FID among ours is bold, not the paper's 22.24
+    assert "**22.24**" not in markdown(table)
+    world = [rec("distill", 0, **concept_metrics(60, 70)), rec("two_stage", 0, **concept_metrics(10, 20))]
+    assert not any("(paper)" in r["method"] for r in style_removal(world, published=True)[0].rows)
+
+
+def test_ratio_by_loss():
+    records = [rec("distill", 0, ratio=r, loss=loss, fid=f, heldout_mse=0.1)
+               for r, loss, f in ((0.1, (1.0, 0.0, 0.0), 5.0), (0.1, (1.0, 2.0, 0.1), 3.0), (0.2, (1.0, 2.0, 0.1), 4.0))]
+    (table,) = ratio_loss(records)
+    rows = {r["method"]: r for r in table.rows}
+    assert set(rows) == {"diffusion only", "diffusion + KD"}
+    assert rows["diffusion + KD"]["fid@0.1"] == Stat(3.0, None, 1) and rows["diffusion + KD"]["fid@0.2"] == Stat(4.0, None, 1)
+    assert rows["diffusion only"]["n@0.2"] == "0/0" and rows["diffusion only"].get("fid@0.2") is None

@@ -1,0 +1,285 @@
+"""The paper's tables from a sweep's records (MLflow alone, or a sweep's cells at its end).
+
+    python -m analysis.tables --sweep paper_table                 # outputs/mlflow.db, its latest paper_table sweep
+    python -m analysis.tables --sweep smoke --out-dir runs/a --paper
+    python -m analysis.tables --tracking-uri http://host:5000 --filter "tags.\\`harness.method\\` = 'bilevel'"
+
+Tables: style removal per pruning ratio and concept set (averaged over the erased concepts,
+then per concept), pruning ratio × lower-level loss, and the K ablation of bilevel; each as
+Markdown, LaTeX (booktabs) and CSV under <out_dir>/analysis/<sweep>/, logged to the sweep's
+MLflow parent run. Cells that differ only by seed make one row (mean ± sd, count shown);
+planned cells with no finished run are marked, never dropped."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from analysis import paper
+from analysis.records import AnalysisError, Record, Study
+from analysis.render import Column, Mark, Stat, Table, latex, markdown, to_csv
+
+QUALITY = [Column("FID", "fid", "min"), Column("CLIP", "clip_score", "max"), Column("CMMD", "cmmd", "min")]
+COST = [Column("cell s", "cost/wall_s"), Column("method s", "method_wall_s"), Column("CPU h", "cost/cpu_h"),
+        Column("GPU h", "cost/gpu_h"), Column("peak GB", "peak_gb")]
+
+
+def suppression(suffix: str = "erased") -> list[Column]:
+    return [Column("CLIP to concept", f"clip_concept_{suffix}", "min"), Column("CP", f"cp_{suffix}", "max"),
+            Column("CSD", f"csd_{suffix}", "min"), Column("presence erased", f"presence_{suffix}", "min"),
+            Column("presence retained", "presence_retained", "max")]
+
+
+# -- values of a group of cells -------------------------------------------------------------
+def cell_value(record: Record, key: str, by_id: dict[str, Record], erased=None, retained=None):
+    """One cell's value of a table key (metrics, per-concept means, derived cost figures)."""
+    if key == "peak_gb":
+        return record.metrics.get("cost/peak_gpu_gb", record.metrics.get("cost/peak_rss_gb"))
+    if key == "method_wall_s":  # what the method cost: a two-stage cell adds its stage 1 (the distill cell)
+        own = record.metrics.get("cost/wall_s")
+        if own is None or record.method != "two_stage":
+            return own
+        first = by_id.get(record.depends_on or "")
+        return own + first.metrics["cost/wall_s"] if first and "cost/wall_s" in first.metrics else None
+    erased = record.concepts if erased is None else erased
+    retained = record.retained if retained is None else retained
+    for side, names in (("_erased", erased), ("_retained", retained)):
+        if key.endswith(side):
+            stem = key[: -len(side)]
+            values = [record.metrics[f"{stem}/{c}"] for c in names if f"{stem}/{c}" in record.metrics]
+            return sum(values) / len(values) if values else None
+    return record.metrics.get(key)
+
+
+def summarize(members: list[Record], key: str, by_id, **concepts):
+    done = [m for m in members if m.state == "completed"]
+    values = [v for m in done if (v := cell_value(m, key, by_id, **concepts)) is not None]
+    if not values:
+        return None
+    return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+
+
+def row_of(label: str, members: list[Record], columns: list[Column], by_id, **concepts) -> dict:
+    done = sum(m.state == "completed" for m in members)
+    row = {"method": label, "n": f"{done}/{len(members)}"}
+    if done == 0:  # nothing to show: say why, in the first metric column
+        states = sorted({m.state for m in members})
+        first = next(c.key for c in columns if c.key not in ("method", "n", "K", "ratio", "concepts", "loss"))
+        row[first] = Mark(", ".join(states))
+        return row
+    for col in columns:
+        if col.key not in row:
+            row[col.key] = summarize(members, col.key, by_id, **concepts)
+    return row
+
+
+def group(records: list[Record], key) -> dict:
+    out: dict = {}
+    for r in records:
+        out.setdefault(key(r), []).append(r)
+    return out
+
+
+LABEL_ORDER = ("teacher", "distill only", "diffusion loss only", "two-stage", "bilevel")
+
+
+def order(label: str) -> int:
+    return next((i for i, p in enumerate(LABEL_ORDER) if label.startswith(p)), len(LABEL_ORDER))
+
+
+def _by_id(records):
+    return {r.cell: r for r in records}
+
+
+def _drop_empty(columns: list[Column], rows: list[dict]) -> list[Column]:
+    """A metric column shows when some row has it (image metrics need eval.backbone)."""
+    return [c for c in columns if c.key in ("method", "n", "K", "cells") or any(r.get(c.key) is not None for r in rows)]
+
+
+# -- the tables ---------------------------------------------------------------------------
+def style_removal(records: list[Record], published: bool = False) -> list[Table]:
+    """Per pruning ratio and concept set: teacher, distilled (no erasing), two-stage + each
+    eraser, bilevel; averaged over the erased concepts, then one table per erased concept."""
+    by_id, tables = _by_id(records), []
+    erasing = [r for r in records if r.erases]
+    for (ratio, concepts), block in sorted(group(erasing, lambda r: (r.ratio, r.concepts)).items()):
+        retained = block[0].retained
+        refs = [r for r in records if r.method == "teacher"] + [r for r in records if r.method == "distill" and r.ratio == ratio]
+        settings = group(refs + block, lambda r: (r.label, r.K))
+        keys = sorted(settings, key=lambda k: (order(k[0]), k[0], k[1] or 0))
+        views = [("averaged over " + "+".join(concepts), concepts, "erased")] if len(concepts) > 1 else []
+        views += [(c, (c,), "erased") for c in concepts]
+        for view, erased, _ in views:
+            columns = [Column("method", "method"), Column("K", "K"), *suppression(), *QUALITY, Column("n", "n"), *COST]
+            rows, reference = [], set()
+            for label, K in keys:
+                members = settings[(label, K)]
+                row = row_of(label, members, columns, by_id, erased=erased, retained=retained)
+                row["K"] = K
+                if label == "teacher":
+                    reference.add(len(rows))
+                rows.append(row)
+                pub = paper.published_style_row(label) if published and any(m.real_scale for m in members) else None
+                if pub and (len(concepts) > 1 and view.startswith("averaged") or len(concepts) == 1):
+                    reference.add(len(rows))
+                    rows.append({"method": f"{label} (paper)", "_italic": True, **pub})
+            if published and any(m.real_scale for m in block) and (len(concepts) == 1 or view.startswith("averaged")):
+                for name, values in paper.OTHER_ERASERS.items():
+                    reference.add(len(rows))
+                    rows.append({"method": f"{name} (paper)", "_italic": True, **values})
+            scale = "real" if any(m.real_scale for m in block) else "world"
+            notes = [f"Pruning ratio {ratio} (torch-pruning), {scale} scale; erased: {', '.join(concepts)}; "
+                     f"retained: {', '.join(retained) or '–'}. Mean ± sd over seeds; n = completed / planned cells.",
+                     "CSD and CP are against the distilled model's images (100 and 0 for it). Teacher: not pruned, not bold."]
+            if any(r.get("_italic") for r in rows):
+                notes.append(f"Rows marked (paper): {paper.SOURCE}.")
+            tables.append(Table(f"Style removal, ratio {ratio}, {view}", _drop_empty(columns, rows), rows, notes, reference))
+    return tables
+
+
+def ratio_loss(records: list[Record]) -> list[Table]:
+    """Fine-tuning quality by pruning ratio (columns) and lower-level loss (rows)."""
+    distill = [r for r in records if r.method == "distill"]
+    if not distill:
+        return []
+    by_id = _by_id(records)
+    ratios = sorted({r.ratio for r in distill})
+    metrics = [Column("FID", "fid", "min"), Column("CLIP", "clip_score", "max"), Column("held-out MSE", "heldout_mse", "min")]
+    columns = [Column("loss", "method")]
+    for ratio in ratios:
+        columns += [Column(f"{c.name} @{ratio}", f"{c.key}@{ratio}", c.better) for c in metrics] + [Column(f"n @{ratio}", f"n@{ratio}")]
+    rows = []
+    for loss, members in sorted(group(distill, lambda r: r.loss).items()):
+        row = {"method": loss}
+        for ratio in ratios:
+            at = [m for m in members if m.ratio == ratio]
+            done = sum(m.state == "completed" for m in at)
+            row[f"n@{ratio}"] = f"{done}/{len(at)}"
+            for c in metrics:
+                row[f"{c.key}@{ratio}"] = summarize(at, c.key, by_id) if done else (Mark(", ".join(sorted({m.state for m in at}))) if at and c is metrics[0] else None)
+        rows.append(row)
+    params = {r.ratio: (r.metrics.get("pruning/params_m"), r.metrics.get("pruning/macs_pct")) for r in distill if r.state == "completed"}
+    notes = ["Distill cells (no erasing). " + "; ".join(f"ratio {k}: {v[0]:.3g} M params, {v[1]:.0f}% MACs" for k, v in sorted(params.items()) if v[0])]
+    return [Table("Pruning ratio × lower-level loss", [c for c in columns if any(r.get(c.key) is not None for r in rows) or c.key == "method"],
+                  rows, notes)]
+
+
+def k_ablation(records: list[Record]) -> list[Table]:
+    """Bilevel: lower steps per upper step (K), per ratio, concept set and solver."""
+    bilevel = [r for r in records if r.method == "bilevel"]
+    by_id, tables = _by_id(records), []
+    for (ratio, concepts), block in sorted(group(bilevel, lambda r: (r.ratio, r.concepts)).items()):
+        columns = [Column("method", "method"), Column("K", "K"), *suppression(), *QUALITY, Column("n", "n"),
+                   Column("cell s", "cost/wall_s")]
+        rows = []
+        for (label, K), members in sorted(group(block, lambda r: (r.label, r.K)).items()):
+            rows.append({**row_of(label, members, columns, by_id), "K": K})
+        tables.append(Table(f"K ablation, ratio {ratio}, {'+'.join(concepts)}", _drop_empty(columns, rows), rows,
+                            ["K: lower-level steps per upper-level step."]))
+    return tables
+
+
+def overview(records: list[Record], per_cell: bool = False) -> Table:
+    """Every setting of a sweep in one table (what a sweep prints at its end); `per_cell`: one
+    row per cell instead of one per setting."""
+    by_id = _by_id(records)
+    columns = [Column("method", "method"), Column("concepts", "concepts"), Column("ratio", "ratio"), Column("K", "K"),
+               Column("n", "n"), Column("params (M)", "pruning/params_m"), Column("MACs %", "pruning/macs_pct"),
+               *QUALITY, *suppression(), Column("held-out MSE", "heldout_mse", "min"),
+               Column("align erased", "alignment_erased", "min"), Column("align retained", "alignment_retained", "max"),
+               Column("cell s", "cost/wall_s"), Column("cells", "cells")]
+    settings = group(records, lambda r: (r.label, r.concepts if r.erases else (), r.ratio, r.K, r.cell if per_cell else ""))
+    rows = []
+    for key in sorted(settings, key=lambda k: (k[2] if k[2] is not None else -1, order(k[0]), k[0], k[1], k[3] or 0, k[4])):
+        label, concepts, ratio, K, _ = key
+        members = settings[key]
+        row = row_of(label, members, columns, by_id)
+        row.update(concepts="+".join(concepts) or "–", ratio=ratio, K=K, cells=" ".join(m.cell for m in members))
+        rows.append(row)
+    return Table("All cells", _drop_empty(columns, rows), rows, ["Mean ± sd over seeds; n = completed / planned cells."], {i for i, r in enumerate(rows) if r["method"] == "teacher"})
+
+
+def paper_tables(records: list[Record], published: bool = False) -> list[Table]:
+    return [*style_removal(records, published), *ratio_loss(records), *k_ablation(records)]
+
+
+# -- outputs ------------------------------------------------------------------------------
+def write(tables: list[Table], dest: Path, stem: str = "tables") -> dict[str, Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = {"md": dest / f"{stem}.md", "tex": dest / f"{stem}.tex", "csv": dest / f"{stem}.csv"}
+    paths["md"].write_text("\n".join(markdown(t) for t in tables))
+    paths["tex"].write_text("\n".join(latex(t) for t in tables))
+    paths["csv"].write_text(to_csv(tables))
+    return paths
+
+
+def default_uri(out_dir: str) -> str:
+    return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+
+
+def analysis_dir(out_dir: str, study: Study) -> Path:
+    return Path(out_dir) / "analysis" / study.name.replace("/", "_").replace(" ", "_")[:80]
+
+
+def log_to_parent(study: Study, paths, artifact_path: str) -> None:
+    """Attach outputs to the sweep's MLflow parent run (nothing to attach to for a filter)."""
+    if study.parent_run_id is None:
+        return
+    from analysis.records import client_for
+
+    client = client_for(study.tracking_uri)
+    for path in paths:
+        client.log_artifact(study.parent_run_id, str(path), artifact_path)
+
+
+def common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sweep", help="a sweep name (its latest sweep) or sweep id")
+    parser.add_argument("--filter", help="an MLflow filter expression over cell runs (with or without --sweep)")
+    parser.add_argument("--out-dir", default="outputs", help="the run's out_dir: its MLflow store and where outputs go (default: outputs)")
+    parser.add_argument("--tracking-uri", help="an MLflow tracking URI (default: sqlite:///<out_dir>/mlflow.db)")
+    parser.add_argument("--experiment", default="harness")
+    parser.add_argument("--dest", help="folder for the outputs (default: <out_dir>/analysis/<sweep>)")
+    parser.add_argument("--no-log", action="store_true", help="do not attach the outputs to the sweep's MLflow parent run")
+
+
+def load_study(args) -> Study:
+    from analysis.records import load
+
+    return load(args.tracking_uri or default_uri(args.out_dir), args.sweep, args.filter, args.experiment)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.tables", description=__doc__.split("\n\n")[0])
+    common_args(parser)
+    parser.add_argument("--paper", action="store_true", help="print the paper's published numbers beside real-scale rows")
+    parser.add_argument("--format", choices=("md", "tex", "csv"), default="md", help="what to print (all three are written)")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        study = load_study(args)
+    except AnalysisError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    tables = paper_tables(study.records, args.paper)
+    if not tables:
+        tables = [overview(study.records)]
+    if args.paper and not any(r.real_scale for r in study.records):
+        print("note: no real-scale (model=sd21) cells in this sweep: published numbers are shown beside those only", file=sys.stderr)
+    dest = Path(args.dest) if args.dest else analysis_dir(args.out_dir, study)
+    paths = write(tables, dest)
+    if not args.no_log:
+        log_to_parent(study, paths.values(), "tables")
+    printed = {"md": lambda: "\n".join(markdown(t) for t in tables), "tex": lambda: "\n".join(latex(t) for t in tables),
+               "csv": lambda: to_csv(tables)}[args.format]()
+    print(printed)
+    states = {s: sum(r.state == s for r in study.records) for s in ("completed", "failed", "running", "missing")}
+    print(f"{study.name}: {len(study.records)} cells ({', '.join(f'{v} {k}' for k, v in states.items() if v)}); "
+          f"{len(tables)} tables in {time.perf_counter() - t0:.1f} s: {dest}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
