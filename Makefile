@@ -20,4 +20,5 @@ smoke: setup
 	$(VENV)/bin/python -m harness -m sweep=smoke
 
 test: setup
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }  # the MLflow UI test
 	$(VENV)/bin/python -m pytest

@@ -26,7 +26,7 @@ matplotlib.use("Agg")  # headless: files only
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from analysis.records import AnalysisError, Record, Study, client_for  # noqa: E402
+from analysis.records import Record, Study, client_for  # noqa: E402
 from analysis.tables import analysis_dir, cell_value, common_args, load_study, log_to_parent, order  # noqa: E402
 
 
@@ -199,10 +199,7 @@ def main(argv=None) -> int:
     common_args(parser)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    try:
-        study = load_study(args)
-    except AnalysisError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if (study := load_study(args)) is None:
         return 2
     dest = Path(args.dest) if args.dest else analysis_dir(args.out_dir, study)
     paths = make_all(study, dest)

@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-from analysis.records import AnalysisError
 from analysis.tables import analysis_dir, common_args, load_study
 
 NOTEBOOKS = sorted(Path(__file__).resolve().parent.glob("*.ipynb"))
@@ -72,10 +71,7 @@ def main(argv=None) -> int:
     if not args.sweep:
         print("error: --sweep is required (the notebooks take a sweep name or id)", file=sys.stderr)
         return 2
-    try:
-        study = load_study(args)  # fail here, in one line, on an unknown sweep or store
-    except AnalysisError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if (study := load_study(args)) is None:  # fail here, in one line, on an unknown sweep or store
         return 2
     dest = (Path(args.dest) if args.dest else analysis_dir(args.out_dir, study)) / "notebooks"
     values = {"OUT_DIR": str(Path(args.out_dir).resolve()), "TRACKING_URI": args.tracking_uri, "SWEEP": study.name}

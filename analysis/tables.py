@@ -245,10 +245,15 @@ def common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-log", action="store_true", help="do not attach the outputs to the sweep's MLflow parent run")
 
 
-def load_study(args) -> Study:
+def load_study(args) -> Study | None:
+    """The study the command-line arguments name; None after one line on stderr when they name none."""
     from analysis.records import load
 
-    return load(args.tracking_uri or default_uri(args.out_dir), args.sweep, args.filter, args.experiment)
+    try:
+        return load(args.tracking_uri or default_uri(args.out_dir), args.sweep, args.filter, args.experiment)
+    except AnalysisError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def main(argv=None) -> int:
@@ -258,10 +263,7 @@ def main(argv=None) -> int:
     parser.add_argument("--format", choices=("md", "tex", "csv"), default="md", help="what to print (all three are written)")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    try:
-        study = load_study(args)
-    except AnalysisError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if (study := load_study(args)) is None:
         return 2
     tables = paper_tables(study.records, args.paper)
     if not tables:
