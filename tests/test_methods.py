@@ -42,7 +42,7 @@ def first_batch(ctx, dataset, n=4):
 
 
 def test_registry_discovers_every_method_file():
-    assert method_names() == ["bilevel", "distill", "two_stage"]
+    assert method_names() == ["bilevel", "distill", "teacher", "two_stage"]
     assert all(REGISTRY[n].name == n for n in method_names())
 
 
@@ -141,5 +141,5 @@ def test_penalty_inner_copy_is_separate(context_for):
 
 
 def test_unknown_method_names_the_accepted_ones():
-    with pytest.raises(ValueError, match="method='nope'.*bilevel, distill, two_stage"):
+    with pytest.raises(ValueError, match="method='nope'.*bilevel, distill, teacher, two_stage"):
         get_method("nope")
