@@ -34,6 +34,16 @@ def git_state(repo: Path = REPO) -> dict:
     return {"commit": commit or None, "dirty": dirty if commit else None}
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def package_versions() -> dict:
     versions = {}
     for name in PACKAGES:

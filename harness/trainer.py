@@ -95,7 +95,7 @@ class Trainer:
         use_bf16 = self.config.precision == "bf16" or (self.config.precision == "auto" and self.device.type == "cuda")
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
-    def _generator(self, stage: Stage, step: int) -> torch.Generator:
+    def generator(self, stage: Stage, step: int) -> torch.Generator:
         """Randomness of one iteration as a pure function of (seed, stage, step)."""
         key = zlib.crc32(stage.name.encode()) + 7919 * step + 104_729 * self.config.seed
         return torch.Generator().manual_seed(key)
@@ -160,7 +160,7 @@ class Trainer:
         progress = _progress(stage, start, cfg.progress) if main else None
         with distributed.data_parallel():
             for step in range(start, stage.steps):
-                generator = self._generator(stage, step)
+                generator = self.generator(stage, step)
                 for name in stage.updates(step):
                     opt, spec = optims[name], specs[name]
                     opt.zero_grad(set_to_none=True)

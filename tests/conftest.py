@@ -30,6 +30,17 @@ SMALL = [
 ]
 
 
+# The real smoke sweep (shipped world, every method, image metrics, recovery): run once per
+# test session and shared by the sweep and analysis tests; a test that changes it works on a copy.
+SMOKE_SWEEP = ["harness", "-m", "sweep=smoke", "runtime.progress=false"]
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    return out, run_cli([*SMOKE_SWEEP, f"out_dir={out}"], timeout=1200)
+
+
 def compose(overrides: list[str] = (), out_dir: Path | None = None):
     from harness.app import compose_config
 

@@ -18,9 +18,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("analysis")
-    done = run_cli(["harness", "-m", "sweep=smoke", f"out_dir={out}", "runtime.progress=false"], timeout=1200)
+def smoke(smoke_sweep):
+    out, done = smoke_sweep
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 

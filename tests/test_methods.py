@@ -27,7 +27,7 @@ def fixed_loss(fn, seed=123):
 class FixedBatchTrainer(Trainer):
     """Every iteration sees the same noise, timesteps and sampler draws: a fixed batch."""
 
-    def _generator(self, stage, step):
+    def generator(self, stage, step):
         return torch.Generator().manual_seed(123)
 
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import SMALL, SMALL_WORLD, run_cli
+from tests.conftest import SMALL, SMALL_WORLD, SMOKE_SWEEP, run_cli
 
 
 def mlflow_runs(out):
@@ -19,10 +19,8 @@ def mlflow_runs(out):
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke")
-    first = run_cli(["harness", "-m", "sweep=smoke", *SMALL_WORLD, *SMALL, f"out_dir={out}"])
-    return out, first
+def smoke(smoke_sweep):
+    return smoke_sweep  # the real sweep=smoke, shared with the analysis tests
 
 
 def test_smoke_sweep_runs_every_method(smoke):
@@ -63,7 +61,7 @@ def test_mlflow_has_a_parent_and_a_child_per_cell(smoke):
 def test_rerun_starts_no_training_and_no_new_runs(smoke):
     out, _ = smoke
     before = {c.name: (c / "COMPLETED").stat().st_mtime for c in (out / "cells").iterdir()}
-    again = run_cli(["harness", "-m", "sweep=smoke", *SMALL_WORLD, *SMALL, f"out_dir={out}"])
+    again = run_cli([*SMOKE_SWEEP, f"out_dir={out}"])
     assert again.returncode == 0, again.stderr[-2000:]
     assert "6 cells, 6 already completed, 0 to run" in again.stdout
     assert {c.name: (c / "COMPLETED").stat().st_mtime for c in (out / "cells").iterdir()} == before

@@ -16,7 +16,6 @@ import copy
 import hashlib
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from harness.data.streams import BatchStream
+from harness.env import cpu_name
 from harness.data.world import RenderedSet
 from harness.losses import diffusion_target, min_snr_weights, noisy_inputs, weighted_mse
 from harness.trainer import Optim, Stage, Trainer, TrainConfig
@@ -191,16 +191,6 @@ class TeacherStage(Stage):
             e.lerp_(p, 1 - decay)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _checksum(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -244,7 +234,7 @@ def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip",
     heldout = world_pool(recipe, cfg.resolution, recipe.heldout, 1)
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    manifest.update(recipe=asdict(recipe), hardware={"device": str(device), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+    manifest.update(recipe=asdict(recipe), hardware={"device": str(device), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
                     "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None},
                     torch=torch.__version__)
     log = lambda stage, step, values: print(json.dumps({"stage": stage, "step": step, **values}), flush=True)  # noqa: E731

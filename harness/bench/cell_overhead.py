@@ -1,0 +1,99 @@
+"""The per-cell section: what a cell costs besides training and evaluation, and its share of a
+smoke cell. A cell runs as a user runs it (`python -m harness ...` in a fresh process), with
+MLflow tracking on and off (interleaved); its results.json splits the inside of the run:
+
+    wall (outside)  = process start + imports            (python -c 'import harness.runner')
+                    + config, validation, environment, MLflow run, results
+                    + context (model build, world data, pruning)
+                    + training (the stages' loops)  + evaluation
+    fixed overhead  = wall − training − evaluation
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE_CELL = ["sweep=smoke", "method=distill"]  # the smoke sweep's distill cell, run alone
+
+
+def _python(args: list[str], cwd: Path) -> float:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+    return seconds
+
+
+def run_cell(overrides: list[str], out: Path, tracking: bool, seed: int) -> dict:
+    """Run one cell in a fresh process into `out`; the inside of its run from results.json."""
+    before = set((out / "cells").glob("*/results.json")) if (out / "cells").is_dir() else set()
+    wall = _python(["-m", "harness", *overrides, f"out_dir={out}", f"seed={seed}", f"tracking.enabled={str(tracking).lower()}",
+                    "runtime.progress=false"], REPO)
+    (path,) = set((out / "cells").glob("*/results.json")) - before
+    timings = json.loads(path.read_text())["timings"]
+    training = sum(v["seconds"] for v in timings.values() if isinstance(v, dict))
+    inside = timings["total_seconds"]
+    return {"wall": wall, "training": training, "evaluation": timings["eval_seconds"],
+            "context": inside - training - timings["eval_seconds"], "outside_run": wall - inside}
+
+
+def create_store(out: Path) -> float:
+    """Create `out`'s MLflow store as a sweep's first cell would; returns the seconds (MLflow
+    imported beforehand: that cost is per process and counted with the cells)."""
+    from mlflow.tracking import MlflowClient
+
+    t0 = time.perf_counter()
+    MlflowClient(tracking_uri=f"sqlite:///{out.resolve() / 'mlflow.db'}").search_experiments()
+    return time.perf_counter() - t0
+
+
+def run(overrides: list[str] = SMOKE_CELL, repeats: int = 1, say=print) -> dict:
+    """Cells as in a sweep or a SLURM job: their out_dir's MLflow store already exists (its
+    creation is measured apart). Each timed cell has its own seed, so it trains (a completed
+    cell would be skipped)."""
+    import mlflow  # noqa: F401  (imported before create_store's clock starts)
+
+    imports = []
+    cells: dict[str, list[dict]] = {"tracking on": [], "tracking off": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        outs = {name: Path(tmp) / name.replace(" ", "_") for name in cells}
+        outs["tracking on"].mkdir()
+        store = create_store(outs["tracking on"])
+        for r in range(repeats):
+            imports.append(_python(["-c", "import harness.app, harness.runner, methods"], REPO))
+            for name in cells:
+                cells[name].append(run_cell(overrides, outs[name], tracking=name == "tracking on", seed=r))
+                say(f"  repeat {r + 1}/{repeats} cell, {name}: {cells[name][-1]['wall']:.1f} s")
+    med = {name: {k: statistics.median(c[k] for c in runs) for k in runs[0]} for name, runs in cells.items()}
+    start = statistics.median(imports)
+    on = med["tracking on"]
+    fixed = on["wall"] - on["training"] - on["evaluation"]
+    tracking = statistics.median(a["outside_run"] - b["outside_run"] for a, b in zip(cells["tracking on"], cells["tracking off"]))
+    return {
+        "cell": overrides,
+        "repeats": repeats,
+        "wall_s": on["wall"],
+        "training_s": on["training"],
+        "evaluation_s": on["evaluation"],
+        "fixed_s": fixed,
+        "fixed_share": fixed / on["wall"],
+        "parts_s": {
+            "process start + imports": start,
+            "context (model, data, pruning)": on["context"],
+            "MLflow tracking (on − off)": tracking,
+            "config, validation, environment, results": on["outside_run"] - start - tracking,
+        },
+        "store_creation_s": store,
+        "runs": cells,
+        "imports_s": imports,
+    }

@@ -1,0 +1,193 @@
+"""The benchmark script (harness/bench): the hand-written loop does the harness's math, every
+section runs at tiny scale and writes its JSON and Markdown, the GPU mode's code runs on the
+CPU at toy size, and bad requests fail in one line. (Timings are measured by the script, never
+asserted here.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import SMALL, SMALL_WORLD, run_cli
+
+TINY_BENCH = ["--repeats", "1", "--warmup", "10", "--window", "10", "--ks", "5", "--eval-repeats", "1",
+              "--gen-images", "8", "--sizes", "64", "--cell-repeats", "1"]
+
+
+def test_the_hand_written_loop_does_the_harness_distill_math(context_for, tmp_path):
+    from harness.bench import plain_loop
+    from harness.bench.steps import method_stage, plain_batches, plain_kwargs, trainer_for, variant_context
+
+    ctx = context_for(["method=distill", "finetune.warmup_steps=2", "finetune.caption_dropout=0.5"])
+    steps = 4
+    pristine = ctx.student
+    harness_ctx = variant_context(ctx, ctx.cfg, pristine)
+    stage = method_stage(harness_ctx)
+    stage.steps = steps
+    trainer = trainer_for(ctx.cfg, ctx.device)
+    trainer.fit(stage, tmp_path / "ckpt")
+
+    plain_student = variant_context(ctx, ctx.cfg, pristine).student
+    plain_loop.train(plain_student, ctx.teacher, ctx.parts.text_encoder, ctx.parts.tokenizer, ctx.parts.noise_scheduler,
+                     plain_batches(ctx, steps), steps, lambda s: trainer.generator(stage, s), ctx.kept, **plain_kwargs(ctx))
+    moved = max((a - b).abs().max().item() for a, b in zip(harness_ctx.student.parameters(), pristine.parameters()))
+    diff = max((a - b).abs().max().item() for a, b in zip(harness_ctx.student.parameters(), plain_student.parameters()))
+    assert moved > 1e-4  # both trained
+    assert diff < 1e-6 * max(moved, 1.0), (diff, moved)
+
+
+def test_a_feature_kd_term_left_out_of_the_plain_loop_is_noticed(context_for, tmp_path):
+    """The equality above is sharp: dropping one loss term moves the weights measurably."""
+    from harness.bench import plain_loop
+    from harness.bench.steps import method_stage, plain_batches, plain_kwargs, trainer_for, variant_context
+
+    ctx = context_for(["method=distill"])
+    pristine = ctx.student
+    harness_ctx = variant_context(ctx, ctx.cfg, pristine)
+    stage = method_stage(harness_ctx)
+    stage.steps = 3
+    trainer = trainer_for(ctx.cfg, ctx.device)
+    trainer.fit(stage, tmp_path / "ckpt")
+    plain_student = variant_context(ctx, ctx.cfg, pristine).student
+    kwargs = {**plain_kwargs(ctx), "w_feature": 0.0}
+    plain_loop.train(plain_student, ctx.teacher, ctx.parts.text_encoder, ctx.parts.tokenizer, ctx.parts.noise_scheduler,
+                     plain_batches(ctx, 3), 3, lambda s: trainer.generator(stage, s), ctx.kept, **kwargs)
+    diff = max((a - b).abs().max().item() for a, b in zip(harness_ctx.student.parameters(), plain_student.parameters()))
+    assert diff > 1e-6
+
+
+def test_ratios_are_medians_of_ratios_within_a_repeat():
+    from harness.bench.measure import Repeats
+
+    rep = Repeats()
+    for a, b in [(1.0, 1.0), (4.0, 2.0), (3.0, 2.0)]:  # a slow second repeat slows both sides
+        rep.add("a", a)
+        rep.add("b", b)
+    assert rep.ratio("a", "b") == 1.5
+    assert rep.median("a") == 3.0 and rep.spread("b") == (1.0, 2.0)
+
+
+def test_peak_memory_sees_an_allocation_inside():
+    from harness.bench.measure import PeakMemory
+
+    with PeakMemory(torch.device("cpu")) as peak:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        block += 1
+    del block
+    assert peak.added_gb > 0.04 and peak.gb >= peak.added_gb
+
+
+def test_cpu_sections_run_and_write_json_and_markdown(tmp_path):
+    dest = tmp_path / "bench"
+    proc = run_cli(["harness.bench", *TINY_BENCH, "--dest", str(dest), *SMALL_WORLD, *SMALL], timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((dest / "cpu.json").read_text())
+    t = result["training"]
+    expected = {"distill", "plain loop", "eraser esd", "eraser concept_ablation", "bilevel alternating K=5",
+                "bilevel penalty K=5", "bilevel alternating K=10 sampler x_t"}
+    assert set(t["per_step"]) == expected
+    assert all(r["seconds"] > 0 for r in t["per_step"].values())
+    assert t["overhead"]["harness_vs_plain"] > 0
+    for name, b in t["bilevel_vs_distill"].items():
+        row = t["per_step"][name]
+        # the theory is the FLOP count: a lower step, and the window's upper steps spread over it
+        assert row["flops_upper"] > 0 and b["theory"] > 1
+        assert b["off_theory"] == pytest.approx(b["measured"] / b["theory"] - 1)
+    # an ESD upper step (2 frozen-teacher forwards + a student forward/backward) costs more than
+    # a distill step's FLOPs per sample: at equal batch sizes, a K=5 bilevel step must cost more
+    assert t["bilevel_vs_distill"]["bilevel alternating K=5"]["theory"] > 1.1
+    assert set(t["whole_method"]["pairs"]) == {f"{b} vs two-stage + {e}" for b in t["bilevel_vs_distill"]
+                                               for e in ("esd", "concept_ablation")}
+    ev = result["evaluation"]
+    assert ev["generation"]["images"] == 8 and ev["generation"]["images_per_s"] > 0
+    assert set(ev["features_and_metrics"]["64"]) >= {"fid features", "cmmd", "fid", "clip score", "csd", "cp score", "presence"}
+    cell = result["cell"]
+    parts = cell["parts_s"]
+    assert cell["wall_s"] > cell["training_s"] > 0 and 0 < cell["fixed_share"] < 1
+    assert parts["process start + imports"] > 1  # torch and diffusers alone take seconds
+    assert cell["fixed_s"] == pytest.approx(cell["wall_s"] - cell["training_s"] - cell["evaluation_s"])
+    assert result["machine"]["torch"] == torch.__version__ and result["machine"]["cpu_count"] >= 1
+    md = (dest / "cpu.md").read_text()
+    assert "harness distill step / hand-written loop" in md and "Per-cell overhead" in md
+
+
+def test_gpu_mode_runs_at_toy_size_on_the_cpu(tmp_path):
+    dest = tmp_path / "bench"
+    proc = run_cli(["harness.bench", "--gpu", "--arch", "toy", "--device", "cpu", "--ratio", "0.3", "--repeats", "1",
+                    "--warmup", "5", "--window", "10", "--log-every", "5", "--dest", str(dest), *SMALL_WORLD, *SMALL])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    g = json.loads((dest / "gpu-toy.json").read_text())["gpu"]
+    assert set(g["training"]["per_step"]) == {"distill", "bilevel alternating K=10", "bilevel penalty K=10", "plain loop"}
+    assert g["training"]["config"]["student_params_m"] < g["training"]["config"]["teacher_params_m"]
+    m = g["mfu"]
+    assert m["peak_bf16_flops"] is None  # no GPU: no peak to divide by
+    assert all(v["tflops_per_s"] > 0 and v["mfu"] is None for v in m["variants"].values())
+    assert "GPU: throughput" in (dest / "gpu-toy.md").read_text()
+
+
+def test_the_sd21_architecture_is_the_published_one():
+    """865,910,724 parameters: SD 2.1's UNet (stabilityai/stable-diffusion-2-1-base)."""
+    from diffusers import UNet2DConditionModel
+
+    from harness.bench.gpu import SD21_BASE_UNET
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD21_BASE_UNET)
+    assert sum(p.numel() for p in unet.parameters()) == 865_910_724
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gpu", "--device", "cuda"], "--device=cuda asks for a GPU and torch sees none"),
+    (["--sections", "training,nope"], "--sections=nope is not accepted: any of training, evaluation, cell"),
+    (["finetune.batch_size=abc"], "finetune.batch_size"),
+])
+def test_bad_requests_fail_in_one_line(args, message, tmp_path):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = run_cli(["harness.bench", *args, "--dest", str(tmp_path / "b")])
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_round_robin_advances_loops_in_turns_until_all_finish():
+    from harness.bench.measure import round_robin
+
+    order = []
+
+    class Fake:
+        def __init__(self, name, steps):
+            self.name, self.steps, self.done = name, steps, 0
+
+        @property
+        def finished(self):
+            return self.done >= self.steps
+
+        def advance(self, n):
+            k = min(n, self.steps - self.done)
+            order.extend([self.name] * k)
+            self.done += k
+            return [float(self.done - i) for i in range(k)]
+
+    out = round_robin({"a": Fake("a", 5), "b": Fake("b", 4), "c": Fake("c", 1)}, turn_steps=2)
+    assert "".join(order) == "aabbcaabba"
+    assert [len(out[n]) for n in "abc"] == [5, 4, 1]
+
+
+def test_harness_loop_turns_resume_to_the_same_weights_as_one_run(context_for, tmp_path):
+    """Advancing the harness's loop in turns (each a resumed fit) trains exactly as one fit."""
+    from harness.bench.steps import HarnessLoop, method_stage, trainer_for, variant_context
+
+    ctx = context_for(["method=bilevel", "method.K=2"])
+    once = method_stage(variant_context(ctx, ctx.cfg, ctx.student))
+    once.steps = 5
+    trainer_for(ctx.cfg, ctx.device).fit(once, tmp_path / "once")
+    turns_stage = method_stage(variant_context(ctx, ctx.cfg, ctx.student))
+    loop = HarnessLoop(turns_stage, ctx.cfg, ctx.device, steps=5)
+    durations = loop.advance(2) + loop.advance(2) + loop.advance(2)
+    assert loop.finished and len(durations) == 5 and all(d > 0 for d in durations)
+    for a, b in zip(once.ctx.student.parameters(), turns_stage.ctx.student.parameters()):
+        assert torch.equal(a, b)
