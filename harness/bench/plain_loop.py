@@ -92,6 +92,8 @@ def steps(student, teacher, text_encoder, tokenizer, scheduler, batches: Sequenc
             for group in optimizer.param_groups:
                 group["lr"] = lr * min(1.0, (step + 1) / warmup) if warmup else lr
             optimizer.step()
+            s_feats.clear()  # drop this step's activations (and the student's graph) now
+            t_feats.clear()
             yield loss.detach()
     finally:
         for h in hooks:
