@@ -2,8 +2,8 @@
 own loop, the harness against a hand-written loop, bilevel against its FLOP-count theory,
 evaluation throughput, per-cell overhead, and an SD 2.1-scale GPU mode.
 
-    measure.py          interleaved repeats, peak memory, FLOP counts, the machine
-    steps.py            timing one stage (a method's step) and the hand-written loop
+    measure.py          loops in turns, repeats, peak memory, FLOP counts, the machine
+    steps.py            a method's stage and the hand-written loop, advanced and timed in turns
     plain_loop.py       the distillation step written without harness code
     training.py         the training section: variants, ratios, whole-method cost
     evaluation.py       generation, feature extraction and metric throughput

@@ -11,9 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -76,15 +74,12 @@ def sync(device: torch.device) -> None:
 
 @dataclass
 class Repeats:
-    """Per-variant figures from interleaved repeats: {variant: [one value per repeat]}."""
+    """Per-variant figures over repeats: {variant: [one value per repeat]}."""
 
     values: dict[str, list[float]] = field(default_factory=dict)
-    extra: dict[str, dict] = field(default_factory=dict)  # last repeat's side figures per variant
 
-    def add(self, name: str, value: float, **extra) -> None:
+    def add(self, name: str, value: float) -> None:
         self.values.setdefault(name, []).append(value)
-        if extra:
-            self.extra[name] = extra
 
     def median(self, name: str) -> float:
         return statistics.median(self.values[name])
@@ -120,17 +115,6 @@ def round_robin(loops: dict[str, Loop], turn_steps: int) -> dict[str, list[float
             if not loop.finished:
                 out[name] += loop.advance(turn_steps)
     return out
-
-
-@contextmanager
-def stopwatch(device: torch.device):
-    """`with stopwatch(dev) as t:` ... then t() is the seconds inside (device work included)."""
-    sync(device)
-    t0 = time.perf_counter()
-    box = {}
-    yield lambda: box["s"]
-    sync(device)
-    box["s"] = time.perf_counter() - t0
 
 
 def count_flops(fn: Callable[[], object]) -> int:
