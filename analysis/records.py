@@ -27,6 +27,7 @@ class Record:
     metrics: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
     depends_on: str | None = None  # the distill cell an erasing cell starts from (two-stage's stage 1)
+    kernel_set: str | None = None  # what decided its numbers beyond the config (harness/numerics.py); None: not recorded
 
     def param(self, key: str, default=None):
         value = self.params.get(key)
@@ -78,6 +79,29 @@ class Record:
         return self.param("model.name") == "sd21"
 
 
+UNRECORDED = "kernels not recorded"
+
+
+def kernel_split(records: list[Record]):
+    """Rows of a table never average cells computed by different kernel sets (AVX2 vs
+    AVX-512 moved a distill cell's FID from 2.27 to 3.50): when the completed cells of a table
+    come from more than one, this gives each cell's kernel set, to be part of its row's key and
+    label; otherwise None for every cell (and the table's note names the one kernel set)."""
+    found = {r.kernel_set or UNRECORDED for r in records if r.state == "completed"}
+    if len(found) <= 1:
+        return lambda r: None
+    return lambda r: r.kernel_set or UNRECORDED
+
+
+def kernel_note(records: list[Record]) -> str:
+    found = sorted({r.kernel_set or UNRECORDED for r in records if r.state == "completed"})
+    if not found:
+        return ""
+    if len(found) == 1:
+        return f"Kernel set: {found[0]}."
+    return f"Cells came from {len(found)} kernel sets ({'; '.join(found)}): each has its own rows, never averaged."
+
+
 def method_label(params: dict[str, str]) -> str:
     """How a cell's method reads in tables and figures, from its flattened config."""
     get = lambda k: _plain(params.get(k))  # noqa: E731
@@ -120,7 +144,7 @@ def from_cells(cells) -> list[Record]:
         results = cell.results()
         state = {"completed": "completed", "failed": "failed", "partial": "running"}.get(cell.state(), "missing")
         records.append(Record(cell.id, state, params, summary_values(results) if results else {}, None,
-                              (results or {}).get("depends_on")))
+                              (results or {}).get("depends_on"), (results or {}).get("kernel_set")))
     return records
 
 
@@ -178,7 +202,7 @@ def _record(run) -> Record:
     state = {"FINISHED": "completed", "FAILED": "failed", "RUNNING": "running", "KILLED": "running"}.get(status, status.lower())
     tags = run.data.tags
     return Record(tags.get(CELL_TAG, run.info.run_id), state, dict(run.data.params), dict(run.data.metrics), run.info.run_id,
-                  tags.get("harness.depends_on"))
+                  tags.get("harness.depends_on"), tags.get("harness.kernel_set"))
 
 
 def sweeps(uri: str, experiment: str = "harness") -> list[dict]:

@@ -108,7 +108,8 @@ def markdown(table: Table) -> str:
         if i in table.reference_rows and table.rows[i].get("_italic"):
             cells = [f"*{c}*" if c and c != "–" else c for c in cells]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines + [""] + [f"{n}  " for n in table.notes] + ([""] if table.notes else []))
+    notes = [n for n in table.notes if n]
+    return "\n".join(lines + [""] + [f"{n}  " for n in notes] + ([""] if notes else []))
 
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",

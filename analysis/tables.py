@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from analysis import paper
-from analysis.records import AnalysisError, Record, Study
+from analysis.records import AnalysisError, Record, Study, kernel_note, kernel_split
 from analysis.render import Column, Mark, Stat, Table, latex, markdown, to_csv
 
 QUALITY = [Column("FID", "fid", "min"), Column("CLIP", "clip_score", "max"), Column("CMMD", "cmmd", "min")]
@@ -83,6 +83,10 @@ def group(records: list[Record], key) -> dict:
     return out
 
 
+def with_kernel(label: str, kernel_set: str | None) -> str:
+    return f"{label} [{kernel_set}]" if kernel_set else label
+
+
 LABEL_ORDER = ("teacher", "distill only", "diffusion loss only", "two-stage", "bilevel")
 
 
@@ -108,16 +112,17 @@ def style_removal(records: list[Record], published: bool = False) -> list[Table]
     for (ratio, concepts), block in sorted(group(erasing, lambda r: (r.ratio, r.concepts)).items()):
         retained = block[0].retained
         refs = [r for r in records if r.method == "teacher"] + [r for r in records if r.method == "distill" and r.ratio == ratio]
-        settings = group(refs + block, lambda r: (r.label, r.K))
-        keys = sorted(settings, key=lambda k: (order(k[0]), k[0], k[1] or 0))
+        kernel = kernel_split(refs + block)
+        settings = group(refs + block, lambda r: (r.label, r.K, kernel(r)))
+        keys = sorted(settings, key=lambda k: (order(k[0]), k[0], k[1] or 0, k[2] or ""))
         views = [("averaged over " + "+".join(concepts), concepts, "erased")] if len(concepts) > 1 else []
         views += [(c, (c,), "erased") for c in concepts]
         for view, erased, _ in views:
             columns = [Column("method", "method"), Column("K", "K"), *suppression(), *QUALITY, Column("n", "n"), *COST]
             rows, reference = [], set()
-            for label, K in keys:
-                members = settings[(label, K)]
-                row = row_of(label, members, columns, by_id, erased=erased, retained=retained)
+            for label, K, ks in keys:
+                members = settings[(label, K, ks)]
+                row = row_of(with_kernel(label, ks), members, columns, by_id, erased=erased, retained=retained)
                 row["K"] = K
                 if label == "teacher":
                     reference.add(len(rows))
@@ -133,7 +138,8 @@ def style_removal(records: list[Record], published: bool = False) -> list[Table]
             scale = "real" if any(m.real_scale for m in block) else "world"
             notes = [f"Pruning ratio {ratio} (torch-pruning), {scale} scale; erased: {', '.join(concepts)}; "
                      f"retained: {', '.join(retained) or '–'}. Mean ± sd over seeds; n = completed / planned cells.",
-                     "CSD and CP are against the distilled model's images (100 and 0 for it). Teacher: not pruned, not bold."]
+                     "CSD and CP are against the distilled model's images (100 and 0 for it). Teacher: not pruned, not bold.",
+                     kernel_note(refs + block)]
             if any(r.get("_italic") for r in rows):
                 notes.append(f"Rows marked (paper): {paper.SOURCE}.")
             tables.append(Table(f"Style removal, ratio {ratio}, {view}", _drop_empty(columns, rows), rows, notes, reference))
@@ -151,9 +157,9 @@ def ratio_loss(records: list[Record]) -> list[Table]:
     columns = [Column("loss", "method")]
     for ratio in ratios:
         columns += [Column(f"{c.name} @{ratio}", f"{c.key}@{ratio}", c.better) for c in metrics] + [Column(f"n @{ratio}", f"n@{ratio}")]
-    rows = []
-    for loss, members in sorted(group(distill, lambda r: r.loss).items()):
-        row = {"method": loss}
+    rows, kernel = [], kernel_split(distill)
+    for (loss, ks), members in sorted(group(distill, lambda r: (r.loss, kernel(r) or "")).items()):
+        row = {"method": with_kernel(loss, ks)}
         for ratio in ratios:
             at = [m for m in members if m.ratio == ratio]
             done = sum(m.state == "completed" for m in at)
@@ -162,7 +168,8 @@ def ratio_loss(records: list[Record]) -> list[Table]:
                 row[f"{c.key}@{ratio}"] = summarize(at, c.key, by_id) if done else (Mark(", ".join(sorted({m.state for m in at}))) if at and c is metrics[0] else None)
         rows.append(row)
     params = {r.ratio: (r.metrics.get("pruning/params_m"), r.metrics.get("pruning/macs_pct")) for r in distill if r.state == "completed"}
-    notes = ["Distill cells (no erasing). " + "; ".join(f"ratio {k}: {v[0]:.3g} M params, {v[1]:.0f}% MACs" for k, v in sorted(params.items()) if v[0])]
+    notes = ["Distill cells (no erasing). " + "; ".join(f"ratio {k}: {v[0]:.3g} M params, {v[1]:.0f}% MACs" for k, v in sorted(params.items()) if v[0]),
+             kernel_note(distill)]
     return [Table("Pruning ratio × lower-level loss", [c for c in columns if any(r.get(c.key) is not None for r in rows) or c.key == "method"],
                   rows, notes)]
 
@@ -174,11 +181,11 @@ def k_ablation(records: list[Record]) -> list[Table]:
     for (ratio, concepts), block in sorted(group(bilevel, lambda r: (r.ratio, r.concepts)).items()):
         columns = [Column("method", "method"), Column("K", "K"), *suppression(), *QUALITY, Column("n", "n"),
                    Column("cell s", "cost/wall_s")]
-        rows = []
-        for (label, K), members in sorted(group(block, lambda r: (r.label, r.K)).items()):
-            rows.append({**row_of(label, members, columns, by_id), "K": K})
+        rows, kernel = [], kernel_split(block)
+        for (label, K, ks), members in sorted(group(block, lambda r: (r.label, r.K, kernel(r) or "")).items()):
+            rows.append({**row_of(with_kernel(label, ks), members, columns, by_id), "K": K})
         tables.append(Table(f"K ablation, ratio {ratio}, {'+'.join(concepts)}", _drop_empty(columns, rows), rows,
-                            ["K: lower-level steps per upper-level step."]))
+                            ["K: lower-level steps per upper-level step.", kernel_note(block)]))
     return tables
 
 
@@ -191,15 +198,17 @@ def overview(records: list[Record], per_cell: bool = False) -> Table:
                *QUALITY, *suppression(), Column("held-out MSE", "heldout_mse", "min"),
                Column("align erased", "alignment_erased", "min"), Column("align retained", "alignment_retained", "max"),
                Column("cell s", "cost/wall_s"), Column("cells", "cells")]
-    settings = group(records, lambda r: (r.label, r.concepts if r.erases else (), r.ratio, r.K, r.cell if per_cell else ""))
+    kernel = kernel_split(records)
+    settings = group(records, lambda r: (r.label, r.concepts if r.erases else (), r.ratio, r.K, r.cell if per_cell else "", kernel(r) or ""))
     rows = []
-    for key in sorted(settings, key=lambda k: (k[2] if k[2] is not None else -1, order(k[0]), k[0], k[1], k[3] or 0, k[4])):
-        label, concepts, ratio, K, _ = key
+    for key in sorted(settings, key=lambda k: (k[2] if k[2] is not None else -1, order(k[0]), k[0], k[1], k[3] or 0, k[4], k[5])):
+        label, concepts, ratio, K, _, ks = key
         members = settings[key]
-        row = row_of(label, members, columns, by_id)
+        row = row_of(with_kernel(label, ks), members, columns, by_id)
         row.update(concepts="+".join(concepts) or "–", ratio=ratio, K=K, cells=" ".join(m.cell for m in members))
         rows.append(row)
-    return Table("All cells", _drop_empty(columns, rows), rows, ["Mean ± sd over seeds; n = completed / planned cells."], {i for i, r in enumerate(rows) if r["method"] == "teacher"})
+    return Table("All cells", _drop_empty(columns, rows), rows, ["Mean ± sd over seeds; n = completed / planned cells.", kernel_note(records)],
+                 {i for i, r in enumerate(rows) if r["method"].startswith("teacher")})
 
 
 def paper_tables(records: list[Record], published: bool = False) -> list[Table]:

@@ -74,16 +74,17 @@ def group_options() -> dict[str, list[str]]:
     return options
 
 
-def precheck(argv: list[str]) -> None:
+def precheck(argv: list[str]) -> DictConfig | None:
     """Fail in one line, before Hydra starts, on an unknown config-group choice or a config
-    that does not compose (Hydra's own messages span many lines)."""
+    that does not compose (Hydra's own messages span many lines). Returns the composed
+    config (None for Hydra's information flags)."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.utils import create_config_search_path
     from hydra.errors import HydraException
     from hydra.types import RunMode
 
     if INFO_FLAGS & set(argv):
-        return
+        return None
     options = group_options()
     overrides = [a for a in argv if not a.startswith("-")]
     for arg in overrides:
@@ -96,7 +97,7 @@ def precheck(argv: list[str]) -> None:
     multirun = "-m" in argv or "--multirun" in argv
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF)))
     try:
-        loader.load_configuration("config", overrides=overrides, run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
+        return loader.load_configuration("config", overrides=overrides, run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
     except HydraException as exc:
         lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
         fail(" ".join(lines[:2]))
@@ -142,10 +143,14 @@ def check(argv: list[str]) -> None:
     every cell's values (all cells of a sweep). Exits 2 with one line on the first problem."""
     register_sweeps()
     register_plugins()
-    precheck(argv)
+    config = precheck(argv)
     overrides = [a for a in argv if not a.startswith("-")]
     if INFO_FLAGS & set(argv):
         return
+    if config is not None and config.runtime.get("reproducible") is True:
+        from harness import numerics
+
+        numerics.reexec_pinned(argv)  # CPU kernels are chosen at a library's first use: pin them from the start
     if "-m" in argv or "--multirun" in argv:
         plan_sweep(overrides)  # validates every cell; exits 2 on the first bad one
         return

@@ -60,9 +60,12 @@ def slurm_ids() -> dict:
     return {k.lower(): os.environ[k] for k in keys if k in os.environ and "SLURM_JOB_ID" in os.environ}
 
 
-def environment() -> dict:
+def environment(device: str = "cpu") -> dict:
     import torch
 
+    from harness import numerics
+
+    described = numerics.describe()
     return {
         "git": git_state(),
         "packages": package_versions(),
@@ -72,4 +75,7 @@ def environment() -> dict:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "slurm": slurm_ids(),
         "processes": distributed.world().size,  # data-parallel ranks training the cell
+        "cpu": cpu_name(),
+        "numerics": described,  # kernel set, BLAS, threads, determinism, GPU and cuDNN settings
+        "kernel_set": numerics.kernel_set(described, device),
     }

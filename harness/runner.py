@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from harness import distributed
+from harness import distributed, numerics
 from harness.cell import Cell, cell_id, distill_config, write_atomic
 from harness.context import build_context, pick_device
 from harness.costs import CostMeter
@@ -26,6 +26,7 @@ from harness.method import get_method
 from harness.pruning import save_pruned
 from harness.tracking import CellRun, Tracker
 from harness.trainer import Trainer, TrainConfig
+from harness.errors import ConfigError
 from harness.validate import validate
 
 log = logging.getLogger("harness")
@@ -60,6 +61,9 @@ def cell_log(cell: Cell):
 def run_cell(cfg: DictConfig, tracker: Tracker | None = None) -> dict:
     """Train and evaluate the cell for `cfg` (or return its stored results)."""
     validate(cfg)
+    numerics.apply(cfg.runtime)
+    if why := numerics.check(cfg.runtime.reproducible):
+        raise ConfigError("runtime.reproducible", True, why)
     cell = Cell(cfg)
     if not distributed.world().main:
         # another rank of a data-parallel cell: train alongside rank 0 when it does, write nothing
@@ -84,7 +88,7 @@ def run_cell(cfg: DictConfig, tracker: Tracker | None = None) -> dict:
 def _run_locked(cfg: DictConfig, cell: Cell, tracker: Tracker) -> dict:
     cell.write_config()
     env_path = cell.path("environment.json")
-    env = environment()
+    env = environment(pick_device(cfg.runtime.device).type)
     attempts = json.loads(env_path.read_text()).get("attempts", []) if env_path.exists() else []
     attempts.append({"started_at": _now(), "host": env["host"], "slurm": env["slurm"]})
     write_atomic(env_path, json.dumps({**env, "attempts": attempts}, indent=1))
@@ -183,6 +187,9 @@ def _train_and_evaluate_measured(cfg: DictConfig, cell: Cell, run: CellRun, trac
         "depends_on": cell_id(distill_config(cfg)) if method_cls.erases else None,
         "timings": {**timings, "eval_seconds": time.perf_counter() - t_eval, "total_seconds": time.perf_counter() - t_start},
         "finished_at": _now(),
+        # what decides the numbers beyond the config (harness/numerics.py): tables never
+        # average cells of different kernel sets silently
+        "kernel_set": numerics.kernel_set(numerics.describe(), ctx.device.type),
     }
 
 

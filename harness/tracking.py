@@ -16,6 +16,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness import numerics
+
 log = logging.getLogger("harness")
 
 CELL_TAG, SWEEP_TAG = "harness.cell_id", "harness.sweep_id"
@@ -146,6 +148,7 @@ def cell_tags(cfg: DictConfig, cell_id: str, env: dict | None = None) -> dict:
         "harness.metric_backbones": cfg.eval.get("backbone"),
         "mlflow.source.git.commit": (env.get("git") or {}).get("commit"),
         **slurm_tags(env.get("slurm") or {}),
+        **numerics.tags(env),
     }
 
 

@@ -26,7 +26,9 @@ log = logging.getLogger("harness")
 
 @dataclass
 class Optim:
-    """An AdamW optimizer over `params` with linear warm-up to `lr`."""
+    """An AdamW optimizer over `params` with linear warm-up to `lr` over its first
+    `warmup_steps` steps (its own steps: an upper-level optimizer that steps every K-th
+    iteration warms up over K × warmup_steps iterations, as in the authors' code)."""
 
     params: list[nn.Parameter]
     lr: float
@@ -100,7 +102,7 @@ class Trainer:
         key = zlib.crc32(stage.name.encode()) + 7919 * step + 104_729 * self.config.seed
         return torch.Generator().manual_seed(key)
 
-    def _load_latest(self, folder: Path, stage: Stage, optims: dict) -> tuple[int, dict[str, int], float]:
+    def _load_latest(self, folder: Path, stage: Stage, optims: dict) -> tuple[int, dict[str, int], float, dict[str, int] | None]:
         for step, path in checkpoints(folder):
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
@@ -112,10 +114,11 @@ class Trainer:
             for name, opt in optims.items():
                 opt.load_state_dict(state["optimizers"][name])
             log.info("resumed stage %s from %s", stage.name, path.name)
-            return state["step"], state["streams"], state.get("seconds", 0.0)
-        return 0, {}, 0.0
+            return state["step"], state["streams"], state.get("seconds", 0.0), state.get("updates")
+        return 0, {}, 0.0, None
 
-    def _save(self, folder: Path, stage: Stage, optims: dict, step: int, drawn: dict[str, int], seconds: float) -> None:
+    def _save(self, folder: Path, stage: Stage, optims: dict, step: int, drawn: dict[str, int], seconds: float,
+              updates: dict[str, int]) -> None:
         if not distributed.world().main:  # every rank holds the same state: rank 0 writes it
             return
         folder.mkdir(parents=True, exist_ok=True)
@@ -125,6 +128,7 @@ class Trainer:
             "optimizers": {n: o.state_dict() for n, o in optims.items()},
             "streams": dict(drawn),
             "seconds": seconds,  # training time of all runs that led here: a resumed build still knows its cost
+            "updates": dict(updates),  # steps each optimizer has taken (its warm-up)
         }
         tmp = folder / f"step_{step:08d}.pt.tmp"
         torch.save(state, tmp)
@@ -142,7 +146,9 @@ class Trainer:
             name: torch.optim.AdamW(spec.params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
             for name, spec in specs.items()
         }
-        start, drawn, seconds_before = self._load_latest(folder, stage, optims)
+        start, drawn, seconds_before, updates = self._load_latest(folder, stage, optims)
+        if updates is None:  # a new stage, or a checkpoint from before the count was kept
+            updates = {name: sum(name in stage.updates(s) for s in range(start)) for name in optims}
         streams = stage.streams()
         drawn = {name: drawn.get(name, 0) for name in streams}
         iterators = {name: s.iterate(drawn[name]) for name, s in streams.items()}
@@ -173,7 +179,8 @@ class Trainer:
                     distributed.average_gradients(spec.params)
                     if cfg.max_grad_norm:
                         torch.nn.utils.clip_grad_norm_(spec.params, cfg.max_grad_norm)
-                    scale = min(1.0, (step + 1) / spec.warmup_steps) if spec.warmup_steps else 1.0
+                    updates[name] += 1
+                    scale = min(1.0, updates[name] / spec.warmup_steps) if spec.warmup_steps else 1.0
                     for group in opt.param_groups:
                         group["lr"] = spec.lr * scale
                     opt.step()
@@ -191,7 +198,7 @@ class Trainer:
                 if progress is not None:
                     progress.update(1)
                 if (step + 1) % cfg.checkpoint_every == 0 or last or step + 1 in cfg.keep_steps:
-                    self._save(folder, stage, optims, step + 1, drawn, seconds_before + time.perf_counter() - t0)
+                    self._save(folder, stage, optims, step + 1, drawn, seconds_before + time.perf_counter() - t0, updates)
         if progress is not None:
             progress.close()
         for module in stage.modules().values():

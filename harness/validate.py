@@ -53,6 +53,10 @@ def validate(cfg: DictConfig) -> None:
     _eval_backbone(cfg)
     check_positive(cfg, "runtime.checkpoint_every", int)
     check_positive(cfg, "runtime.log_every", int)
+    if not isinstance(cfg.runtime.get("reproducible"), bool):
+        raise ConfigError("runtime.reproducible", cfg.runtime.get("reproducible"), "true or false")
+    if cfg.runtime.get("threads") is not None:
+        check_positive(cfg, "runtime.threads", int)
     method.validate(cfg)
     _split_over_processes(cfg)
 

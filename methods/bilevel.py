@@ -16,9 +16,14 @@ Solver `penalty` (the paper's first-order value-function formulation):
     for step in 1..N:
         ϑ ← ϑ − α ∇ϑ L_ft(ϑ)                                     # inner step, every iteration
         if step mod K = 0:
-            θ ← θ − β (∇θ L_CU(θ) + λ ∇θ L_ft(θ))                # outer step
+            θ ← θ − β (∇θ_U L_CU(θ) + λ ∇θ L_ft(θ))              # outer step
     (ϑ starts as a copy of θ and estimates the lower-level value L_ft*; the logged gap
      L_ft(θ) − L_ft(ϑ) on the same batch is the penalty term.)
+
+`method.upper_params` (θ_U: full, xattn, noxattn) is where suppression acts in both solvers:
+the alternating upper step updates θ_U only; the penalty outer step takes ∇L_CU on θ_U only
+while λ∇L_ft(θ) moves all of θ (the lower level is fine-tuning of the whole student, which
+only the outer step trains in this solver).
 """
 
 from __future__ import annotations
@@ -35,13 +40,28 @@ from methods import erasers
 SOLVERS = ("alternating", "penalty")
 
 
+def restricted(module: torch.nn.Module, trainable: list[torch.nn.Parameter]):
+    """`module` as a function whose gradients reach `trainable` only: every other parameter
+    enters the forward detached (the module itself when that is all of them)."""
+    keep = {id(p) for p in trainable}
+    if len(keep) == sum(1 for _ in module.parameters()):
+        return module
+    from torch.func import functional_call
+
+    def forward(*args, **kwargs):
+        frozen = {name: p.detach() for name, p in module.named_parameters() if id(p) not in keep}
+        return functional_call(module, frozen, args, kwargs, strict=False)
+
+    return forward
+
+
 class AlternatingStage(Stage):
     name = "bilevel"
 
     def __init__(self, ctx, eraser: erasers.Eraser):
         m = ctx.cfg.method
         self.ctx, self.eraser, self.steps, self.K = ctx, eraser, ctx.cfg.finetune.steps, m.K
-        self.upper_params = erasers.parameter_subset(ctx.student, m.upper_params)
+        self.upper_params = erasers.parameter_subset(ctx.student, m.upper_params, ctx.cfg.eraser.layers)
 
     def modules(self):
         return {"student": self.ctx.student}
@@ -74,6 +94,8 @@ class PenaltyStage(AlternatingStage):
         super().__init__(ctx, eraser)
         self.inner = copy.deepcopy(ctx.student)  # ϑ
         self.lam = ctx.cfg.method.lam
+        self.upper_view = restricted(ctx.student, self.upper_params)
+
 
     def modules(self):
         return {"student": self.ctx.student, "inner": self.inner}
@@ -99,7 +121,7 @@ class PenaltyStage(AlternatingStage):
         with torch.no_grad():
             l_ft_inner, _ = self.ctx.lower_loss(self.inner, batch, generator)
         generator.set_state(after)
-        l_cu, _ = self.eraser.loss(self.ctx.student, next_batch("concept"), generator)
+        l_cu, _ = self.eraser.loss(self.upper_view, next_batch("concept"), generator)
         gap = (l_ft - l_ft_inner).detach()
         return l_cu + self.lam * l_ft, {"suppression": l_cu.detach(), "finetune": l_ft.detach(), "gap": gap}
 

@@ -6,8 +6,13 @@
   prediction for an anchor prompt ("a painting" for an artist; the plain caption in the world).
 
 x_t comes either from forward-noising concept images (`images`, the authors' bilevel code) or
-from partially running the frozen model's own DDIM sampler on the prompt (`sampler`, ESD's
-recipe)."""
+from partially running a DDIM sampler on the prompt (`sampler`, ESD's recipe): the frozen
+model's (`eraser.sampler_model=frozen`, this harness's default: the x_t distribution stays
+fixed while the student changes) or the model being trained (`trained`, as ESD's and the
+authors' scripts do), at `eraser.sampler_guidance` (ESD: 3).
+
+`eraser.layers`: `all` parameters of the chosen subset, or only those of Linear and Conv
+layers (`linear_conv`, as ESD's script selects them: its ESD-u leaves norm layers alone)."""
 
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ PARAM_SUBSETS = {
     "concept_ablation": ("xattn", "full"),
 }
 X_SOURCES = ("images", "sampler")
+SAMPLER_MODELS = ("frozen", "trained")
+LAYERS = ("all", "linear_conv")
 
 
 def validate(cfg) -> None:
@@ -41,17 +48,27 @@ def validate(cfg) -> None:
     check_positive(cfg, "eraser.steps", int, allow_zero=True)
     check_positive(cfg, "eraser.batch_size", int)
     check_positive(cfg, "eraser.sampler_steps", int)
+    check_positive(cfg, "eraser.sampler_guidance")
+    if er.sampler_model not in SAMPLER_MODELS:
+        raise ConfigError("eraser.sampler_model", er.sampler_model, f"one of {', '.join(SAMPLER_MODELS)}")
+    if er.layers not in LAYERS:
+        raise ConfigError("eraser.layers", er.layers, f"one of {', '.join(LAYERS)}")
     if er.name == "esd":
         check_positive(cfg, "eraser.eta", allow_zero=True)
 
 
-def parameter_subset(unet: nn.Module, which: str) -> list[nn.Parameter]:
-    """ESD-x trains cross-attention only (`attn2`), ESD-u everything else, `full` all."""
-    if which == "full":
-        return [p for p in unet.parameters()]
-    in_xattn = [(".attn2." in f".{n}") for n, _ in unet.named_parameters()]
-    keep = in_xattn if which == "xattn" else [not x for x in in_xattn]
-    return [p for (_, p), k in zip(unet.named_parameters(), keep) if k]
+def parameter_subset(unet: nn.Module, which: str, layers: str = "all") -> list[nn.Parameter]:
+    """ESD-x trains cross-attention only (`attn2`), ESD-u everything else, `full` all;
+    `layers=linear_conv` keeps only the parameters of Linear and Conv layers among them."""
+    names = [n for n, _ in unet.named_parameters()]
+    if layers == "linear_conv":
+        owned = {f"{m}.{n}" if m else n for m, mod in unet.named_modules() if isinstance(mod, (nn.Linear, nn.Conv2d))
+                 for n, _ in mod.named_parameters(recurse=False)}
+    else:
+        owned = set(names)
+    in_xattn = {n for n in names if ".attn2." in f".{n}"}
+    keep = {"full": set(names), "xattn": in_xattn, "noxattn": set(names) - in_xattn}[which] & owned
+    return [p for n, p in unet.named_parameters() if n in keep]
 
 
 def concept_of(caption: str, concepts: list[Concept]) -> Concept:
@@ -66,7 +83,7 @@ class Eraser:
             raise ConfigError("x_source", x_source, f"one of {', '.join(X_SOURCES)}")
         self.ctx, self.frozen, self.x_source, self.cfg = ctx, frozen, x_source, ctx.cfg.eraser
 
-    def _noisy(self, batch: dict, generator: torch.Generator):
+    def _noisy(self, batch: dict, generator: torch.Generator, student):
         parts = self.ctx.parts
         if self.x_source == "images":
             x0 = parts.encode_images(batch["images"], generator)
@@ -75,7 +92,8 @@ class Eraser:
         prompts = self._reference_prompts(batch["captions"])
         steps = self.cfg.sampler_steps
         stop = int(torch.randint(1, steps, (1,), generator=generator)) if steps > 1 else 1
-        return sample(self.frozen, parts, prompts, steps, self.cfg.sampler_guidance, generator, stop_after=stop)
+        model = self.frozen if self.cfg.sampler_model == "frozen" else student
+        return sample(model, parts, prompts, steps, self.cfg.sampler_guidance, generator, stop_after=stop)
 
     def _reference_prompts(self, captions: list[str]) -> list[str]:
         if self.cfg.name == "concept_ablation":  # CA generates from the anchor prompt
@@ -85,7 +103,7 @@ class Eraser:
     def loss(self, student: nn.Module, batch: dict, generator: torch.Generator):
         parts = self.ctx.parts
         captions = batch["captions"]
-        x_t, t = self._noisy(batch, generator)
+        x_t, t = self._noisy(batch, generator, student)
         cond = parts.encode_prompts(captions)
         if self.cfg.name == "esd":
             uncond = parts.encode_prompts([""] * len(captions))
@@ -105,7 +123,7 @@ class EraseStage(Stage):
     def __init__(self, ctx, frozen: nn.Module, x_source: str):
         self.ctx, self.steps = ctx, ctx.cfg.eraser.steps
         self.eraser = Eraser(ctx, frozen, x_source)
-        self.trainable = parameter_subset(ctx.student, ctx.cfg.eraser.params)
+        self.trainable = parameter_subset(ctx.student, ctx.cfg.eraser.params, ctx.cfg.eraser.layers)
         for p in ctx.student.parameters():
             p.requires_grad_(False)
         for p in self.trainable:

@@ -143,3 +143,89 @@ def test_penalty_inner_copy_is_separate(context_for):
 def test_unknown_method_names_the_accepted_ones():
     with pytest.raises(ValueError, match="method='nope'.*bilevel, distill, teacher, two_stage"):
         get_method("nope")
+
+
+def test_penalty_outer_step_suppresses_through_upper_params_only(context_for, tmp_path):
+    """method.upper_params holds for the penalty solver too: with λ = 0 its outer step is
+    ∇L_CU alone, which must leave every parameter outside cross-attention where it was (the
+    solver once stepped all of them, ignoring the subset); with `full` they all move."""
+    moved = {}
+    for subset in ("xattn", "full"):
+        ctx = context_for([*BILEVEL, "method.solver=penalty", "method.K=1", "method.lam=0", "method.upper_lr=1e-3",
+                           f"method.upper_params={subset}"])
+        stage = PenaltyStage(ctx, Eraser(ctx, ctx.teacher, "images"))
+        before = {n: p.detach().clone() for n, p in ctx.student.named_parameters()}
+        fit(stage, tmp_path / subset, 3)
+        changed = {n for n, p in ctx.student.named_parameters() if not torch.equal(p, before[n])}
+        moved[subset] = changed
+        inner_changed = any(not torch.equal(p, before[n]) for n, p in stage.inner.named_parameters())
+        assert inner_changed  # ϑ trains on L_ft every iteration whatever the subset
+    xattn = {n for n in before if ".attn2." in f".{n}"}
+    assert moved["xattn"] and moved["xattn"] <= xattn, sorted(moved["xattn"] - xattn)[:5]
+    assert moved["full"] - xattn  # the same step with `full` moves the rest too
+
+
+def test_layers_linear_conv_leaves_norms_out(context_for):
+    """ESD's script trains Linear/Conv parameters only: ESD-u with `layers=linear_conv` has no
+    norm parameters; with `all` it has them."""
+    ctx = context_for(FIXED)
+    names = {id(p): n for n, p in ctx.student.named_parameters()}
+    norms = {n for m, mod in ctx.student.named_modules() if isinstance(mod, (torch.nn.GroupNorm, torch.nn.LayerNorm))
+             for n in (f"{m}.weight", f"{m}.bias")}
+    every = {names[id(p)] for p in parameter_subset(ctx.student, "noxattn", "all")}
+    lc = {names[id(p)] for p in parameter_subset(ctx.student, "noxattn", "linear_conv")}
+    assert every & norms and not lc & norms and lc < every
+    assert {names[id(p)] for p in parameter_subset(ctx.student, "xattn", "linear_conv")} == \
+        {names[id(p)] for p in parameter_subset(ctx.student, "xattn", "all")}  # cross-attention is Linear only
+
+
+def test_upper_warmup_counts_the_optimizers_own_steps(tmp_path):
+    """The authors warm the upper optimizer up over 250 of its own steps. An optimizer that
+    steps every K-th iteration reaches its full lr after K × warmup iterations, and a resumed
+    run continues the count where it stopped."""
+    from harness.trainer import Optim, Stage
+
+    class Every3(Stage):
+        name, steps = "toy", 12
+
+        def __init__(self):
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.lrs = []
+
+        def modules(self):
+            return {"m": torch.nn.ParameterList([self.w])}
+
+        def optimizers(self):
+            return {"up": Optim([self.w], lr=1.0, warmup_steps=4)}
+
+        def streams(self):
+            return {}
+
+        def updates(self, step):
+            return ["up"] if (step + 1) % 3 == 0 else []
+
+        def loss(self, optimizer, next_batch, generator):
+            return self.w.sum(), {}
+
+    def run(stage, steps, folder):
+        stage.steps = steps
+        trainer = Trainer(TrainConfig(checkpoint_every=3, max_grad_norm=0, progress=False), torch.device("cpu"))
+        original = torch.optim.AdamW.step
+
+        def spy(opt, *a, **k):
+            stage.lrs.append(opt.param_groups[0]["lr"])
+            return original(opt, *a, **k)
+
+        torch.optim.AdamW.step = spy
+        try:
+            trainer.fit(stage, folder)
+        finally:
+            torch.optim.AdamW.step = original
+
+    whole = Every3()
+    run(whole, 12, tmp_path / "a")
+    assert whole.lrs == [0.25, 0.5, 0.75, 1.0]  # 4 upper steps over 12 iterations
+    resumed = Every3()
+    run(resumed, 6, tmp_path / "b")
+    run(resumed, 12, tmp_path / "b")
+    assert resumed.lrs == whole.lrs

@@ -55,3 +55,33 @@ def test_local_clip_embeds_images_and_prompts_alike(tiny_clip_dir):
     texts = clip.texts(["a red square", "a painting by claude monet"])
     assert images.shape == texts.shape == (2, 16)
     assert -100 <= clip_score(images, texts) <= 100
+
+
+def test_resize_policies_squash_as_the_authors_or_crop(tmp_path):
+    """The authors' script squashes every image to the square (aspect ratio lost); `crop` keeps
+    the aspect ratio and centre-crops. A wide image with a red left half and a blue right half
+    shows the difference: squashed, both halves stay; cropped, the middle is what is left."""
+    from harness.metrics.prepare import resize_folder
+
+    src = tmp_path / "wide"
+    src.mkdir()
+    im = Image.new("RGB", (120, 40), (0, 0, 255))
+    im.paste((255, 0, 0), (0, 0, 30, 40))  # a red quarter at the left
+    im.save(src / "a.png")
+    squashed = np.asarray(Image.open(resize_folder(src, tmp_path / "squash", 16, None, "squash")[0]))
+    cropped = np.asarray(Image.open(resize_folder(src, tmp_path / "crop", 16, None, "crop")[0]))
+    assert squashed.shape == cropped.shape == (16, 16, 3)
+    assert squashed[8, 0, 0] > 200 and squashed[8, 15, 2] > 200  # the red quarter survives the squash
+    assert cropped[8, 0, 0] < 50 and cropped[8, 15, 2] > 200  # the crop keeps the blue middle only
+    # a folder resized by one policy is redone, not reused, when asked for the other
+    again = np.asarray(Image.open(resize_folder(src, tmp_path / "squash", 16, None, "crop")[0]))
+    assert np.array_equal(again, cropped)
+
+
+def test_default_policy_follows_the_fid_mode(tmp_path, capsys):
+    src = photos(tmp_path / "val2017", 1)
+    assert main(["--images", str(src), "--out", str(tmp_path / "a"), "--resolution", "16", "--fid-mode", "none"]) == 0
+    assert json.loads(capsys.readouterr().out)["resize"] == "squash"
+    assert main(["--images", str(src), "--out", str(tmp_path / "b"), "--resolution", "16", "--fid-mode", "none",
+                 "--resize", "crop"]) == 0
+    assert json.loads(capsys.readouterr().out)["resize"] == "crop"

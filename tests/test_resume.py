@@ -68,6 +68,6 @@ def test_truncated_latest_checkpoint_falls_back(tmp_path, context_for):
     latest = checkpoints(folder)[0][1]
     latest.write_bytes(latest.read_bytes()[:100])  # a write cut short
     stage.steps = 12
-    start, _, _ = trainer._load_latest(folder, stage, {
+    start, _, _, _ = trainer._load_latest(folder, stage, {
         n: torch.optim.AdamW(s.params, lr=s.lr) for n, s in stage.optimizers().items()})
     assert start == 5

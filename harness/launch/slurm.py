@@ -97,6 +97,10 @@ class HarnessSlurmLauncher(SlurmLauncher):
             code = freeze(out_dir / "slurm" / "code")
             # cwd first on sys.path (python -m), so the job starts in the snapshot
             setup = [f"cd {code['path']}", f"export PYTHONPATH={code['path']}${{PYTHONPATH:+:$PYTHONPATH}}"]
+        if any((config.get("runtime") or {}).get("reproducible") for _, config in cells):
+            from harness import numerics
+
+            setup = [*setup, *numerics.shell_exports()]  # kernels pinned before the job's Python starts
         sub = records.Submission.create(out_dir, sweep_id, [c.id for c, _ in cells], code)
         executor = self.executor(str(self.params["submitit_folder"]), sub.job_name, setup)
         cwd = os.getcwd()
