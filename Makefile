@@ -22,3 +22,6 @@ smoke: setup
 test: setup
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }  # the MLflow UI test
 	$(VENV)/bin/python -m pytest
+	@# the numerics-sensitive tests again with torch, MKL and oneDNN pinned to AVX2 kernels (harness/numerics.py):
+	@# tolerances must hold under both kernel sets, whichever this CPU runs by default
+	ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 $(VENV)/bin/python -m pytest -m numerics -p no:cacheprovider

@@ -41,6 +41,19 @@ def smoke_sweep(tmp_path_factory):
     return out, run_cli([*SMOKE_SWEEP, f"out_dir={out}"], timeout=1200)
 
 
+def order_of_sums_tolerance(*stages: tuple[float, int], fraction: float = 0.05) -> float:
+    """Largest weight difference allowed between two trainings that differ only in the order of
+    floating-point sums (data-parallel ranks vs one process, other thread counts or kernels).
+
+    Adam moves a weight by about its learning rate per step (|m̂ / (√v̂ + ε)| ≈ 1), so the
+    (lr, steps) of each stage bound how far any weight can travel: Σ lr × steps. A run that
+    computes something else (a wrong share of the batch, other noise) uses all of that travel
+    (measured: 4e-3 after 4 steps at 5e-4), while the order of sums only flips the sign of
+    updates whose gradient is near zero, which moved weights by 7e-6 to 1.2e-5 here on AVX2 and
+    AVX-512 kernels. 5% of the travel lies between the two whatever the machine."""
+    return fraction * sum(lr * steps for lr, steps in stages)
+
+
 def compose(overrides: list[str] = (), out_dir: Path | None = None):
     from harness.app import compose_config
 

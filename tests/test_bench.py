@@ -16,6 +16,7 @@ TINY_BENCH = ["--repeats", "1", "--warmup", "10", "--window", "10", "--ks", "5",
               "--gen-images", "8", "--sizes", "64", "--cell-repeats", "1"]
 
 
+@pytest.mark.numerics
 def test_the_hand_written_loop_does_the_harness_distill_math(context_for, tmp_path):
     from harness.bench import plain_loop
     from harness.bench.steps import method_stage, plain_batches, plain_kwargs, trainer_for, variant_context
@@ -176,6 +177,7 @@ def test_round_robin_advances_loops_in_turns_until_all_finish():
     assert [len(out[n]) for n in "abc"] == [5, 4, 1]
 
 
+@pytest.mark.numerics
 def test_harness_loop_turns_resume_to_the_same_weights_as_one_run(context_for, tmp_path):
     """Advancing the harness's loop in turns (each a resumed fit) trains exactly as one fit."""
     from harness.bench.steps import HarnessLoop, method_stage, trainer_for, variant_context

@@ -24,6 +24,7 @@ def cell_dir(out):
     return cell
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("method", ["distill", "bilevel"])
 def test_killed_cell_resumes_to_identical_weights(tmp_path, method):
     extra = [f"method={method}"] + (["method.K=3", "method.upper_batch_size=2"] if method == "bilevel" else [])

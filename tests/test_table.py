@@ -91,3 +91,19 @@ def test_ratio_by_loss():
     assert set(rows) == {"diffusion only", "diffusion + KD"}
     assert rows["diffusion + KD"]["fid@0.1"] == Stat(3.0, None, 1) and rows["diffusion + KD"]["fid@0.2"] == Stat(4.0, None, 1)
     assert rows["diffusion only"]["n@0.2"] == "0/0" and rows["diffusion only"].get("fid@0.2") is None
+
+
+def test_cells_of_different_kernel_sets_are_never_averaged():
+    """AVX2 and AVX-512 kernels give different numbers for one config: a row holds cells of one
+    kernel set, and a table of one kernel set names it in its notes."""
+    records = [rec("distill", s, **concept_metrics(60, 70, fid=1.0 + s)) for s in range(2)]
+    records[0].kernel_set, records[1].kernel_set = "cpu AVX2 mkl t2", "cpu AVX512 mkl t2"
+    table = overview(records)
+    labels = sorted(r["method"] for r in table.rows)
+    assert labels == ["distill only [cpu AVX2 mkl t2]", "distill only [cpu AVX512 mkl t2]"]
+    assert all(r["fid"].n == 1 for r in table.rows)
+    assert "2 kernel sets" in markdown(table)
+    records[1].kernel_set = "cpu AVX2 mkl t2"
+    (row,) = overview(records).rows
+    assert row["method"] == "distill only" and row["fid"] == Stat(1.5, 2 ** -0.5, 2)
+    assert "Kernel set: cpu AVX2 mkl t2." in markdown(overview(records))

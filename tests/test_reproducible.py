@@ -1,0 +1,96 @@
+"""The reproducible mode (`runtime.reproducible=true`, harness/numerics.py): one cell re-run
+gives the committed numbers bitwise on any x86-64 CPU (AVX2 and AVX-512 alike: the kernels are
+pinned to AVX2 and 2 threads), and every cell records what decided its numbers, in
+environment.json and in MLflow.
+
+The committed values (tests/data/reference_cell.json) change when the cell's computation does
+(its config, the code of a method or of the evaluation): regenerate them, in the reproducible
+mode, with `python -m tests.test_reproducible`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.conftest import REPO, run_cli
+
+REFERENCE = REPO / "tests" / "data" / "reference_cell.json"
+ARGS = ["sweep=smoke", "method=distill", "runtime.reproducible=true", "runtime.progress=false"]
+COMMAND = "python -m harness " + " ".join(ARGS)
+
+
+def summary(out: Path) -> dict:
+    (cell,) = (out / "cells").iterdir()
+    results = json.loads((cell / "results.json").read_text())
+    return {
+        "command": COMMAND,
+        "cell": cell.name,
+        "kernel_set": results["kernel_set"],
+        "student_sha256": hashlib.sha256((cell / "student.safetensors").read_bytes()).hexdigest(),
+        "metrics": results["metrics"],
+    }
+
+
+def run_reference(out: Path):
+    return run_cli(["harness", *ARGS, f"out_dir={out}"], timeout=900)
+
+
+def test_a_reproducible_cell_gives_the_committed_values_bitwise(tmp_path):
+    run = run_reference(tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got, want = summary(tmp_path), json.loads(REFERENCE.read_text())
+    assert got["cell"] == want["cell"], "the reference cell's identity changed: regenerate with python -m tests.test_reproducible"
+    assert got["kernel_set"] == want["kernel_set"] == "cpu AVX2 mkl t2"
+    assert got["metrics"] == want["metrics"]  # every float, exactly
+    assert got["student_sha256"] == want["student_sha256"]
+
+    # what decided the numbers, on disk and in MLflow
+    env = json.loads((tmp_path / "cells" / got["cell"] / "environment.json").read_text())
+    numerics = env["numerics"]
+    assert numerics["cpu_capability"] == "AVX2" and numerics["threads"] == 2 and numerics["deterministic"] is True
+    assert numerics["pinned_env"]["ATEN_CPU_CAPABILITY"] == "avx2" and env["kernel_set"] == "cpu AVX2 mkl t2"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run_,) = client.search_runs([client.get_experiment_by_name("harness").experiment_id])
+    tags = run_.data.tags
+    assert tags["harness.kernel_set"] == "cpu AVX2 mkl t2" and tags["numerics.cpu_capability"] == "AVX2"
+    assert tags["numerics.threads"] == "2" and tags["numerics.pinned"] == "True"
+
+
+def test_an_unpinned_process_cannot_run_a_reproducible_cell(monkeypatch):
+    """Kernels are chosen when each library first runs: a process not started pinned (a cell
+    run in-process, a job without the exports) refuses, naming what is missing."""
+    from harness import numerics
+
+    for key in numerics.pin_environment():
+        monkeypatch.delenv(key, raising=False)
+    why = numerics.check(True)
+    assert why and "ATEN_CPU_CAPABILITY=avx2" in why and "python -m harness" in why
+    assert numerics.check(False) is None
+    monkeypatch.setattr(numerics.os, "environ", {**numerics.os.environ, **numerics.pin_environment()})
+    assert numerics.is_pinned(numerics.os.environ)
+
+
+def test_every_cell_records_its_kernel_set(context_for):
+    """Without the mode, a cell records the kernels it really ran (here: this process's)."""
+    import torch
+
+    from harness.env import environment
+
+    env = environment("cpu")
+    assert env["numerics"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert env["kernel_set"] == f"cpu {env['numerics']['cpu_capability']} {env['numerics']['blas']} t{torch.get_num_threads()}"
+    assert env["cpu"] and env["numerics"]["torch"] == torch.__version__
+
+
+if __name__ == "__main__":  # regenerate the committed values (in the reproducible mode, whatever this CPU)
+    with tempfile.TemporaryDirectory() as tmp:
+        done = run_reference(Path(tmp))
+        if done.returncode != 0:
+            sys.exit(done.stderr[-3000:])
+        REFERENCE.write_text(json.dumps(summary(Path(tmp)), indent=1) + "\n")
+    print(f"wrote {REFERENCE}")
