@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+# the reproducible mode's CPU pin (harness/numerics.py: CPU_PIN; a test keeps the two equal)
+PINNED := ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 MKL_CBWR=AVX2,STRICT ONEDNN_MAX_CPU_ISA=AVX2
 
 .PHONY: setup run test smoke
 setup: $(STAMP)
@@ -24,4 +26,4 @@ test: setup
 	$(VENV)/bin/python -m pytest
 	@# the numerics-sensitive tests again with torch, MKL and oneDNN pinned to AVX2 kernels (harness/numerics.py):
 	@# tolerances must hold under both kernel sets, whichever this CPU runs by default
-	ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 $(VENV)/bin/python -m pytest -m numerics -p no:cacheprovider
+	$(PINNED) $(VENV)/bin/python -m pytest -m numerics -p no:cacheprovider

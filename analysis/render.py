@@ -1,8 +1,11 @@
 """A table as data, and its three renderings: Markdown, LaTeX (booktabs) and CSV.
 
-A cell of a table is a Stat (mean ± sd over the completed seeds of a row, with their count),
-a plain value, a Mark (a row with nothing to show: missing, failed, running) or None (not
-measured). The best value of each metric column is bold; its direction is in the header."""
+A cell of a table is a Stat (the mean over the completed seeds of a row, ± the half-width of
+its 95% interval), a plain value, a Mark (a row with nothing to show: missing, failed,
+running) or None (not measured). A value is bold only when it is better than every other
+row's beyond noise: by more than Z = 3 standard errors of the difference (a two-sided z-test
+at p < 0.003), so each metric's noise is at most a third of any difference a table highlights.
+The direction is in the header."""
 
 from __future__ import annotations
 
@@ -12,11 +15,20 @@ import math
 from dataclasses import dataclass, field
 
 
+Z_BOLD = 3.0  # standard errors of a difference for a value to be bold
+Z_INTERVAL = 1.96  # the printed ± is a 95% interval of the mean
+
+
 @dataclass(frozen=True)
 class Stat:
     mean: float
-    sd: float | None  # None: one value
+    sd: float | None  # spread over the row's cells (None: one cell)
     n: int
+    se: float | None = None  # standard error of the mean: seeds and evaluation noise (None: unknown)
+
+    @property
+    def half_width(self) -> float | None:
+        return None if self.se is None else Z_INTERVAL * self.se
 
 
 @dataclass(frozen=True)
@@ -44,16 +56,34 @@ class Table:
     # rows whose values take no part in "best" (references such as the teacher, published numbers)
     reference_rows: set[int] = field(default_factory=set)
 
-    def best(self) -> dict[str, float]:
+    def best(self) -> dict[str, int]:
+        """Per metric column, the row whose value beats every other ranked row's by more than
+        Z_BOLD standard errors of the difference (none where no row does, or an se is unknown)."""
         out = {}
         for col in self.columns:
             if col.better is None:
                 continue
-            values = [_number(r.get(col.key)) for i, r in enumerate(self.rows) if i not in self.reference_rows]
-            values = [v for v in values if v is not None and math.isfinite(v)]
-            if len(values) > 1:
-                out[col.key] = min(values) if col.better == "min" else max(values)
+            ranked = [(i, r.get(col.key)) for i, r in enumerate(self.rows) if i not in self.reference_rows]
+            ranked = [(i, v) for i, v in ranked if _number(v) is not None and math.isfinite(_number(v))]
+            if len(ranked) < 2:
+                continue
+            sign = 1.0 if col.better == "min" else -1.0
+            i_best, best = min(ranked, key=lambda iv: sign * _number(iv[1]))
+            if all(_beats(best, other, sign) for i, other in ranked if i != i_best):
+                out[col.key] = i_best
         return out
+
+
+def _se(value):
+    return value.se if isinstance(value, Stat) else None
+
+
+def _beats(a, b, sign: float) -> bool:
+    """a better than b beyond noise: sign × (b − a) > Z_BOLD × √(se_a² + se_b²)."""
+    se_a, se_b = _se(a), _se(b)
+    if se_a is None or se_b is None:
+        return False
+    return sign * (_number(b) - _number(a)) > Z_BOLD * math.hypot(se_a, se_b)
 
 
 def _number(value):
@@ -70,7 +100,7 @@ def fmt(value) -> str:
     if isinstance(value, Mark):
         return value.text
     if isinstance(value, Stat):
-        return fmt(value.mean) if value.sd is None else f"{fmt(value.mean)} ± {fmt(value.sd)}"
+        return fmt(value.mean) if value.half_width is None else f"{fmt(value.mean)} ± {fmt(value.half_width)}"
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, int):
@@ -95,7 +125,7 @@ def _cells(table: Table, escape=lambda s: s, bold=lambda s: f"**{s}**", italic=l
             text = escape(fmt(value))
             if isinstance(value, Mark):
                 text = italic(text)
-            elif col.key in best and i not in table.reference_rows and _number(value) == best[col.key]:
+            elif best.get(col.key) == i:
                 text = bold(text)
             out.append(text)
         yield i, out
@@ -134,14 +164,16 @@ def latex(table: Table) -> str:
 
 
 def csv_rows(table: Table) -> list[dict]:
-    """One CSV row per table row: each metric as <key> (mean) and <key>_sd, plus <key>_n."""
+    """One CSV row per table row: each metric as <key> (mean), <key>_se (standard error of the
+    mean), <key>_ci95 (half-width), <key>_sd (spread over cells) and <key>_n."""
     out = []
     for row in table.rows:
         flat = {"table": table.title}
         for col in table.columns:
             value = row.get(col.key)
             if isinstance(value, Stat):
-                flat[col.key], flat[f"{col.key}_sd"], flat[f"{col.key}_n"] = value.mean, value.sd, value.n
+                flat[col.key], flat[f"{col.key}_se"], flat[f"{col.key}_ci95"] = value.mean, value.se, value.half_width
+                flat[f"{col.key}_sd"], flat[f"{col.key}_n"] = value.sd, value.n
             elif isinstance(value, Mark):
                 flat[col.key] = value.text
             else:

@@ -13,6 +13,7 @@ planned cells with no finished run are marked, never dropped."""
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -54,12 +55,54 @@ def cell_value(record: Record, key: str, by_id: dict[str, Record], erased=None, 
     return record.metrics.get(key)
 
 
-def summarize(members: list[Record], key: str, by_id, **concepts):
-    done = [m for m in members if m.state == "completed"]
-    values = [v for m in done if (v := cell_value(m, key, by_id, **concepts)) is not None]
-    if not values:
+def cell_se(record: Record, key: str, erased=None, retained=None) -> float | None:
+    """The evaluation noise of one cell's value (`se/<metric>`, recorded by the cell): a mean
+    over concepts owes √(Σ se²)/m; None where the cell recorded none (cost figures, old runs)."""
+    erased = record.concepts if erased is None else erased
+    retained = record.retained if retained is None else retained
+    for side, names in (("_erased", erased), ("_retained", retained)):
+        if key.endswith(side):
+            stem = key[: -len(side)]
+            present = [c for c in names if f"{stem}/{c}" in record.metrics]
+            ses = [record.metrics.get(f"se/{stem}/{c}") for c in present]
+            return math.sqrt(sum(x * x for x in ses)) / len(ses) if ses and None not in ses else None
+    return record.metrics.get(f"se/{key}")
+
+
+INTERVAL_NOTE = ("± : 95% interval of the row's mean (1.96 se; se: the spread over seeds / √k, or the cells' own "
+                 "evaluation noise (image bootstrap) / √k where larger). Bold: better than every other row by more than "
+                 "3 se of the difference (z-test, p < 0.003). n = completed / planned cells.")
+FLOOR_LABEL = "real renders (noise floor)"
+
+
+def floor_record(teacher: Record) -> Record | None:
+    """The teacher cell's `floor/*` metrics (real renders of the evaluation prompts measured as
+    if generated) as a record of their own: the tables' noise-floor row."""
+    metrics = {k[len("floor/"):]: v for k, v in teacher.metrics.items() if k.startswith("floor/")}
+    if teacher.state != "completed" or not metrics:
         return None
-    return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+    return Record(teacher.cell + "-floor", "completed", teacher.params, metrics, teacher.run_id, None, teacher.kernel_set)
+
+
+def summarize(members: list[Record], key: str, by_id, **concepts):
+    """A row's value: the mean over its completed cells, with the standard error of that mean.
+    One cell: its evaluation noise. Several (seeds): the larger of the spread over them / √k
+    (training and evaluation noise, as each seed draws its own evaluation images) and the
+    cells' own evaluation noise / √k, so a lucky agreement of three seeds cannot hide it."""
+    done = [m for m in members if m.state == "completed"]
+    pairs = [(v, cell_se(m, key, **concepts)) for m in done if (v := cell_value(m, key, by_id, **concepts)) is not None]
+    if not pairs:
+        return None
+    values, ses = [v for v, _ in pairs], [e for _, e in pairs]
+    k = len(values)
+    sd = statistics.stdev(values) if k > 1 else None
+    within = math.sqrt(sum(e * e for e in ses) / k) / math.sqrt(k) if None not in ses else None
+    if k == 1:
+        se = within
+    else:
+        between = sd / math.sqrt(k)
+        se = between if within is None else max(between, within)
+    return Stat(statistics.fmean(values), sd, k, se)
 
 
 def row_of(label: str, members: list[Record], columns: list[Column], by_id, **concepts) -> dict:
@@ -115,8 +158,10 @@ def style_removal(records: list[Record], published: bool = False) -> list[Table]
         kernel = kernel_split(refs + block)
         settings = group(refs + block, lambda r: (r.label, r.K, kernel(r)))
         keys = sorted(settings, key=lambda k: (order(k[0]), k[0], k[1] or 0, k[2] or ""))
-        views = [("averaged over " + "+".join(concepts), concepts, "erased")] if len(concepts) > 1 else []
-        views += [(c, (c,), "erased") for c in concepts]
+        # titles are unique per table: a concept erased alone and the same concept within a set are two tables
+        both = "+".join(concepts)
+        views = [(f"{both} erased, averaged", concepts, "erased")] if len(concepts) > 1 else []
+        views += [(f"{c} erased" if len(concepts) == 1 else f"{both} erased, {c}", (c,), "erased") for c in concepts]
         for view, erased, _ in views:
             columns = [Column("method", "method"), Column("K", "K"), *suppression(), *QUALITY, Column("n", "n"), *COST]
             rows, reference = [], set()
@@ -126,19 +171,26 @@ def style_removal(records: list[Record], published: bool = False) -> list[Table]
                 row["K"] = K
                 if label == "teacher":
                     reference.add(len(rows))
+                    rows.append(row)
+                    floors = [f for m in members if (f := floor_record(m))]
+                    if floors:
+                        reference.add(len(rows))
+                        rows.append({**row_of(FLOOR_LABEL, floors, columns, by_id, erased=erased, retained=retained), "K": None})
+                    continue
                 rows.append(row)
                 pub = paper.published_style_row(label) if published and any(m.real_scale for m in members) else None
-                if pub and (len(concepts) > 1 and view.startswith("averaged") or len(concepts) == 1):
+                if pub and (len(concepts) > 1 and view.endswith("averaged") or len(concepts) == 1):
                     reference.add(len(rows))
                     rows.append({"method": f"{label} (paper)", "_italic": True, **pub})
-            if published and any(m.real_scale for m in block) and (len(concepts) == 1 or view.startswith("averaged")):
+            if published and any(m.real_scale for m in block) and (len(concepts) == 1 or view.endswith("averaged")):
                 for name, values in paper.OTHER_ERASERS.items():
                     reference.add(len(rows))
                     rows.append({"method": f"{name} (paper)", "_italic": True, **values})
             scale = "real" if any(m.real_scale for m in block) else "world"
             notes = [f"Pruning ratio {ratio} (torch-pruning), {scale} scale; erased: {', '.join(concepts)}; "
-                     f"retained: {', '.join(retained) or '–'}. Mean ± sd over seeds; n = completed / planned cells.",
-                     "CSD and CP are against the distilled model's images (100 and 0 for it). Teacher: not pruned, not bold.",
+                     f"retained: {', '.join(retained) or '–'}.", INTERVAL_NOTE,
+                     "CSD and CP are against the distilled model's images (100 and 0 for it). Teacher: not pruned; it and the "
+                     "noise floor (real renders of the same prompts, measured as if generated) are references, never bold.",
                      kernel_note(refs + block)]
             if any(r.get("_italic") for r in rows):
                 notes.append(f"Rows marked (paper): {paper.SOURCE}.")
@@ -207,7 +259,7 @@ def overview(records: list[Record], per_cell: bool = False) -> Table:
         row = row_of(with_kernel(label, ks), members, columns, by_id)
         row.update(concepts="+".join(concepts) or "–", ratio=ratio, K=K, cells=" ".join(m.cell for m in members))
         rows.append(row)
-    return Table("All cells", _drop_empty(columns, rows), rows, ["Mean ± sd over seeds; n = completed / planned cells.", kernel_note(records)],
+    return Table("All cells", _drop_empty(columns, rows), rows, [INTERVAL_NOTE, kernel_note(records)],
                  {i for i, r in enumerate(rows) if r["method"].startswith("teacher")})
 
 

@@ -65,7 +65,15 @@ def guidance_alignment(ctx, model, dataset, batch_size: int, seed: int, t_range=
 
 
 def eval_concepts(ctx) -> list:
-    if ctx.cfg.eval.concepts == "all":
+    """The concepts a cell measures: `all` of its domain, its concept `set` (erased + retained),
+    or `auto`: the set for an erasing cell (its table shows no other), all for the cells that
+    serve every set as references (distill, teacher)."""
+    from harness.method import get_method
+
+    which = ctx.cfg.eval.concepts
+    if which == "auto":
+        which = "set" if get_method(ctx.cfg.method.name).erases else "all"
+    if which == "all":
         return list(concept_registry.DOMAINS[ctx.cfg.data.domain].values())
     return ctx.erase + ctx.retain
 
@@ -77,7 +85,7 @@ def sample_grid(ctx, model, path, concepts) -> None:
     base = neutral[0] if neutral else ""
     prompts = neutral + [c.apply(base) for c in concepts]
     g = torch.Generator().manual_seed(ev.seed)
-    x, _ = sample(model, ctx.parts, prompts, ev.sample_steps, ev.guidance, g)
+    x, _ = sample(model, ctx.parts, prompts, ev.sample_steps, ev.guidance, g, kind=ev.sampler)
     images = ((ctx.parts.decode(x) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
     cols = min(len(prompts), 8)
     rows = math.ceil(len(prompts) / cols)
@@ -136,6 +144,10 @@ def evaluate(ctx, model) -> tuple[dict, dict]:
         more, more_info = image_metrics(ctx, model, backbones, concepts, reference)
         metrics.update(more)
         info.update(more_info)
+        if not method.prunes:  # the teacher's cell also measures the floor: real renders as the "generated" images
+            from harness.image_eval import render_floor
+
+            metrics.update(render_floor(ctx, backbones, concepts))
     return metrics, info
 
 

@@ -8,10 +8,11 @@ between methods. So every cell records its kernel set (`describe()`, in environm
 as MLflow tags), tables never average cells of different kernel sets silently, and
 `runtime.reproducible=true` pins what can be pinned:
 
-- CPU: torch's ATen kernels, MKL and oneDNN to AVX2 (every x86-64 CPU of the last decade
-  has it; these variables are read when each library first runs, so they are set before the
-  process starts: `python -m harness` re-executes itself with them), and a fixed number of
-  torch threads (`runtime.threads`; how a reduction is split over threads changes its sums);
+- CPU: torch's ATen kernels, MKL (in its strict reproducible mode) and oneDNN to AVX2 (every
+  x86-64 CPU of the last decade has it; these variables are read when each library first
+  runs, so they are set before the process starts: `python -m harness` re-executes itself
+  with them), and a fixed number of torch threads (`runtime.threads`, 2 by default; how a
+  reduction is split over threads changes its sums: 1 and 2 threads differ);
 - CUDA: deterministic algorithms where torch has them, no TF32, no cuDNN autotuning, and
   cuBLAS's fixed workspace.
 """
@@ -23,8 +24,11 @@ import platform
 import re
 import sys
 
-# Read by ATen (its dispatch), MKL and oneDNN at their first use in a process.
-CPU_PIN = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+# Read by ATen (its dispatch), MKL and oneDNN at their first use in a process. MKL's AVX2 path
+# needs its strict conditional numerical reproducibility too: without MKL_CBWR=AVX2,STRICT a
+# cell killed and resumed on an AVX-512 CPU ended with other weights than an uninterrupted run
+# (its results depend on how buffers happen to be aligned).
+CPU_PIN = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 CUDA_PIN = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}  # cuBLAS is deterministic only with a fixed workspace
 PINNED = "HARNESS_REPRODUCIBLE"  # set in the environment of a pinned process (and its children)
 REPRODUCIBLE_THREADS = 2  # the reference tables' machine: 2 cores

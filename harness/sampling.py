@@ -1,18 +1,24 @@
-"""DDIM sampling with classifier-free guidance, batched: the conditional and unconditional
-predictions come from one UNet call per step."""
+"""Sampling with classifier-free guidance, batched: the conditional and unconditional
+predictions come from one UNet call per step. DDIM everywhere by default; PNDM (PLMS) for
+evaluation where the authors' protocol uses it (`eval.sampler=pndm`)."""
 
 from __future__ import annotations
 
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, PNDMScheduler
 
 from harness.distributed import batch_draw
 from harness.models.parts import DiffusionParts
 
 
-def make_sampler(parts: DiffusionParts, steps: int) -> DDIMScheduler:
+SAMPLERS = {"ddim": DDIMScheduler, "pndm": PNDMScheduler}
+
+
+def make_sampler(parts: DiffusionParts, steps: int, kind: str = "ddim"):
     config = {k: v for k, v in parts.sampler_config.items() if not k.startswith("_")}
-    sampler = DDIMScheduler.from_config(config)
+    if kind == "pndm":
+        config["skip_prk_steps"] = True  # PLMS as Stable Diffusion's pipelines run it
+    sampler = SAMPLERS[kind].from_config(config)
     sampler.set_timesteps(steps)
     return sampler
 
@@ -38,16 +44,18 @@ def sample(
     generator: torch.Generator | None,
     stop_after: int | None = None,
     seeds: list[int] | None = None,
+    kind: str = "ddim",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run DDIM for `stop_after` of `steps` steps (all when None).
+    """Run the sampler (`kind`: ddim | pndm) for `stop_after` of `steps` steps (all when None).
 
     The initial noise comes from `generator`, or, with `seeds`, image i's noise from its own
     seed: DDIM is deterministic, so an image is then a function of (model, prompt, seed) alone
-    and images of two models pair up by prompt and seed.
+    and images of two models pair up by prompt and seed (PNDM too: its multistep history
+    starts afresh in every call).
 
     Returns (x, t): the UNet-space sample and the timestep it is at (the final images when the
     sampler ran to the end: decode with `parts.decode`)."""
-    sampler = make_sampler(parts, steps)
+    sampler = make_sampler(parts, steps, kind)
     device = parts.device
     cond = parts.encode_prompts(list(prompts))
     uncond = parts.encode_prompts([""] * len(prompts))

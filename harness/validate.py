@@ -44,10 +44,12 @@ def validate(cfg: DictConfig) -> None:
     for key in ("diffusion", "output_kd", "feature_kd", "min_snr_gamma"):
         check_positive(cfg, f"finetune.loss.{key}", allow_zero=True)
     concepts.resolve_set(cfg.data.domain, cfg.concepts.erase, cfg.concepts.retain)
-    if cfg.eval.concepts not in ("all", "set"):
-        raise ConfigError("eval.concepts", cfg.eval.concepts, "all or set")
+    if cfg.eval.concepts not in ("all", "set", "auto"):
+        raise ConfigError("eval.concepts", cfg.eval.concepts, "all, set or auto")
     for key in ("batch_size", "sample_steps"):
         check_positive(cfg, f"eval.{key}", int)
+    if cfg.eval.get("sampler") not in ("ddim", "pndm"):
+        raise ConfigError("eval.sampler", cfg.eval.get("sampler"), "ddim or pndm")
     check_positive(cfg, "eval.grid_neutral", int, allow_zero=True)
     _recovery_steps(cfg, method)
     _eval_backbone(cfg)
@@ -129,5 +131,5 @@ def _eval_backbone(cfg: DictConfig) -> None:
 
         check(ev.real)
     if ev.backbone != "none":
-        for key in ("neutral_prompts", "concept_prompts"):
+        for key in ("neutral_prompts", "concept_prompts", "reference_images"):
             check_positive(cfg, f"eval.{key}", int)

@@ -25,6 +25,7 @@ SMALL = [
     "eval.grid_neutral=1",
     "eval.neutral_prompts=8",
     "eval.concept_prompts=4",
+    "eval.reference_images=256",
     "eval.recovery_steps=[]",  # (sweep=smoke measures recovery at steps beyond these few)
     "runtime.progress=false",
 ]

@@ -39,7 +39,7 @@ def test_tables_from_mlflow_agree_with_the_cells_on_disk(smoke):
     (folder,) = (smoke / "analysis").iterdir()
     md, tex, csv = ((folder / f"tables.{ext}").read_text() for ext in ("md", "tex", "csv"))
     assert md.strip() in done.stdout
-    assert "**Style removal, ratio 0.3, stripes**" in md and "**Pruning ratio × lower-level loss**" in md
+    assert "**Style removal, ratio 0.3, stripes erased**" in md and "**Pruning ratio × lower-level loss**" in md
     assert "**K ablation, ratio 0.3, stripes**" in md
     for label in ("teacher", "distill only", "two-stage + esd", "two-stage + concept_ablation",
                   "bilevel (alternating, esd)", "bilevel (penalty, esd)"):

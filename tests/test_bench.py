@@ -192,3 +192,27 @@ def test_harness_loop_turns_resume_to_the_same_weights_as_one_run(context_for, t
     assert loop.finished and len(durations) == 5 and all(d > 0 for d in durations)
     for a, b in zip(once.ctx.student.parameters(), turns_stage.ctx.student.parameters()):
         assert torch.equal(a, b)
+
+
+def test_noise_measurement_runs_at_tiny_size_and_reuses_its_pools(tmp_path):
+    """python -m harness.bench.noise: disjoint sets of each size give a spread per metric, the
+    recorded se beside it; a second run reads the generated pools back instead of sampling."""
+    import json
+
+    from harness.bench import noise
+
+    args = ["--dest", str(tmp_path / "dest"), "--work", str(tmp_path / "work"), "--pool", "32", "--concept-pool", "16",
+            "--sizes", "8,16", "--concept-sizes", "8", "--reference", "128", "--batch", "32",
+            "--set", "finetune.steps=2", "--set", "eval.sample_steps=2"]
+    assert noise.main(args) == 0
+    first = json.loads((tmp_path / "dest" / "noise.json").read_text())
+    for model in ("renders", "teacher", "distill (ratio 0.05, 150 steps)"):
+        row = first["models"][model]["neutral"]["8"]
+        assert row["fid"]["sets"] == 4 and row["fid"]["sd"] > 0 and row["fid"]["se"] > 0
+        assert set(first["models"][model]["presence"]) == {"stripes", "outline"}
+    assert "| 8 |" in (tmp_path / "dest" / "noise.md").read_text()
+    pngs = {p: p.stat().st_mtime_ns for p in (tmp_path / "work" / "pools").rglob("*.png")}
+    assert noise.main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "work" / "pools").rglob("*.png")} == pngs  # read back, not sampled again
+    second = json.loads((tmp_path / "dest" / "noise.json").read_text())
+    assert second["models"]["teacher"]["neutral"] == first["models"]["teacher"]["neutral"]

@@ -28,7 +28,11 @@ def test_cells_measure_images_against_the_distilled_reference(tmp_path, tiny_wor
     assert m["fid"] >= 0 and m["cmmd"] >= -1e-9
     info = bilevel["metric_info"]
     assert info["fid"]["backbone"] == "world-clip-image-tower" and info["fid"]["scale"] == "world"
-    assert info["fid"]["images"] == 6 and info["fid"]["reference_images"] == 6
+    assert info["fid"]["images"] == 6 and info["fid"]["reference_images"] == 256  # eval.reference_images (tests: 256)
+    for key in ("se/fid", "se/cmmd", "se/clip_score", "se/presence/stripes", "se/csd/stripes", "se/cp/stripes"):
+        assert m[key] > 0, key  # every value carries its evaluation noise
+    assert "presence/glow" in m and "presence/checker" not in m  # an erasing cell measures its own concept set
+    assert "presence/checker" in distill  # a distill cell measures every concept: it serves any set
     assert info["concept/stripes"]["backbone"] == "world-clip, style-descriptor"
     index = (cells["bilevel"] / "images" / "concept_stripes" / "prompts.jsonl").read_text().splitlines()
     assert len(index) == 3 and "in the style of stripes" in json.loads(index[0])["prompt"]

@@ -104,3 +104,35 @@ def test_missing_inception_weights_name_the_path(tmp_path, monkeypatch):
 def test_missing_clip_backbone_names_the_path(tmp_path):
     with pytest.raises(MissingInputError, match=f"CLIP backbone not found at {tmp_path}"):
         ClipEmbedder(tmp_path, torch.device("cpu"))
+
+
+def test_evaluation_noise_estimators():
+    """se/<metric> of a cell: sd/√n for means; Agresti–Coull for percentages (never 0); the
+    jackknife se of FID tracks the spread over disjoint sets of the same distribution (never
+    far below it) and shrinks with the set; CMMD's jackknife equals recomputing it without each
+    group; its unbiased estimate drops the diagonal terms."""
+    from harness.metrics import uncertainty as U
+
+    assert U.mean_se([1.0, 3.0]) == pytest.approx(1.0)
+    hits = np.array([True] * 3 + [False] * 7)
+    assert U.proportion_se(hits) == pytest.approx(100 * np.sqrt((5 / 14) * (9 / 14) / 14))
+    assert U.proportion_se(np.zeros(32, bool)) > 0  # no hit is still a measurement of 32 images
+
+    rng = np.random.default_rng(1)
+    pool, ref = rng.normal(size=(16384, 8)) + 0.1, rng.normal(size=(4000, 8))
+    spread = {n: np.std([fid_from_features(pool[i:i + n], ref) for i in range(0, 16384, n)][:32], ddof=1) for n in (128, 512)}
+    jack = {n: np.mean([U.fid_se(pool[i * n:(i + 1) * n], ref) for i in range(3)]) for n in (128, 512)}
+    for n in (128, 512):
+        assert 0.8 < jack[n] / spread[n] < 2.0, (n, jack[n], spread[n])
+    assert jack[512] < jack[128]
+
+    x, y = rng.normal(size=(60, 8)), rng.normal(size=(80, 8)) + 0.3
+    xn, yn = x / np.linalg.norm(x, axis=1, keepdims=True), y / np.linalg.norm(y, axis=1, keepdims=True)
+    k = lambda a, b: np.exp(-((a[:, None] - b[None]) ** 2).sum(-1) / 200.0)  # noqa: E731
+    kxx, kyy = k(xn, xn), k(yn, yn)
+    unbiased = 1000 * ((kxx.sum() - 60) / (60 * 59) + (kyy.sum() - 80) / (80 * 79) - 2 * k(xn, yn).mean())
+    assert U.cmmd_unbiased(x, y) == pytest.approx(unbiased, rel=1e-9)
+    assert cmmd(x, y) > U.cmmd_unbiased(x, y)  # the biased estimate carries the diagonal
+    parts = U.groups(60)
+    left_out = [cmmd(np.delete(x, p, axis=0), y) for p in parts]
+    assert U.cmmd_se(x, y) == pytest.approx(U.jackknife_se(left_out), rel=1e-9)

@@ -28,7 +28,8 @@ def erasable_styles() -> list[str]:
 
 def test_distillation_carries_the_erasable_styles_into_the_pruned_student(tmp_path):
     result = run_cli(["harness", "-m", "sweep=propagation", "pruning.ratio=0.05", f"out_dir={tmp_path}",
-                      "eval.neutral_prompts=8", "tracking.enabled=false", "runtime.progress=false"], timeout=1200)
+                      "eval.neutral_prompts=8", "eval.concept_prompts=64", "tracking.enabled=false", "runtime.progress=false"],
+                     timeout=1200)
     assert result.returncode == 0, result.stderr[-2000:]
     presence = {}
     for results in tmp_path.glob("cells/*/results.json"):

@@ -75,6 +75,13 @@ def test_an_unpinned_process_cannot_run_a_reproducible_cell(monkeypatch):
     assert numerics.is_pinned(numerics.os.environ)
 
 
+def test_make_test_pins_what_the_reproducible_mode_pins():
+    from harness import numerics
+
+    line = next(x for x in (REPO / "Makefile").read_text().splitlines() if x.startswith("PINNED :="))
+    assert dict(kv.split("=", 1) for kv in line.split(":=", 1)[1].split()) == numerics.CPU_PIN
+
+
 def test_every_cell_records_its_kernel_set(context_for):
     """Without the mode, a cell records the kernels it really ran (here: this process's)."""
     import torch

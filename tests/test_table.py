@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from analysis.records import Record
 from analysis.render import Mark, Stat, latex, markdown, to_csv
 from analysis.tables import k_ablation, overview, ratio_loss, style_removal
@@ -25,20 +27,23 @@ def concept_metrics(stripes, dots, glow=80.0, fid=2.0):
             "csd/stripes": stripes, "csd/dots": dots, "cost/wall_s": 10.0}
 
 
-def test_seeds_make_one_row_of_mean_and_sd_and_the_best_is_bold():
+def test_seeds_make_one_row_with_an_interval_and_a_clear_best_is_bold():
     records = [rec("distill", s, **concept_metrics(60, 70, fid=f)) for s, f in ((0, 1.0), (1, 2.0), (2, 3.0))]
     records += [rec("two_stage", s, **concept_metrics(10 + s, 20, fid=4.0)) for s in range(3)]
     records += [rec("teacher", **concept_metrics(0, 0, fid=0.5))]  # a reference: never bold
     averaged, *per_concept = style_removal(records)
     assert [t.title for t in [averaged, *per_concept]] == [
-        "Style removal, ratio 0.1, averaged over stripes+dots", "Style removal, ratio 0.1, stripes", "Style removal, ratio 0.1, dots"]
+        "Style removal, ratio 0.1, stripes+dots erased, averaged", "Style removal, ratio 0.1, stripes+dots erased, stripes",
+        "Style removal, ratio 0.1, stripes+dots erased, dots"]
     rows = {r["method"]: r for r in averaged.rows}
     assert list(rows) == ["teacher", "distill only", "two-stage + esd"]
-    assert rows["distill only"]["fid"] == Stat(2.0, 1.0, 3) and rows["distill only"]["n"] == "3/3"
-    assert rows["two-stage + esd"]["presence_erased"] == Stat(15.5, 0.5, 3)  # stripes 10..12 and dots 20, averaged
-    assert per_concept[0].rows[2]["presence_erased"] == Stat(11.0, 1.0, 3)
+    # no evaluation noise recorded (se/*): the se of a row is the spread over seeds / √k
+    assert rows["distill only"]["fid"] == Stat(2.0, 1.0, 3, pytest.approx(3 ** -0.5)) and rows["distill only"]["n"] == "3/3"
+    assert rows["two-stage + esd"]["presence_erased"] == Stat(15.5, 0.5, 3, pytest.approx(0.5 / 3 ** 0.5))  # stripes 10..12 and dots 20, averaged
+    assert per_concept[0].rows[2]["presence_erased"] == Stat(11.0, 1.0, 3, pytest.approx(3 ** -0.5))
     text = markdown(averaged)
-    assert "**2 ± 1**" in text and "**15.5 ± 0.5**" in text  # best FID, best erased presence
+    # 2 vs 4 (se 0.58 and 0): 2 > 3 × 0.58 apart, bold; the interval printed is 1.96 se
+    assert "**2 ± 1.13**" in text and "**15.5 ± 0.566**" in text  # best FID, best erased presence
     assert "| 0.5 |" in text and "**0.5**" not in text  # the teacher's FID: better, but a reference
     assert "presence erased ↓" in text and "presence retained ↑" in text
 
@@ -56,16 +61,17 @@ def test_a_missing_or_failed_cell_is_marked_not_dropped():
     assert [r["K"] for r in k.rows] == [5, 10]
 
 
-def test_latex_is_booktabs_and_csv_keeps_mean_and_sd():
-    records = [rec("distill", s, **concept_metrics(60 + s, 70)) for s in range(2)]
-    records += [rec("two_stage", 0, **concept_metrics(10, 20))]
+def test_latex_is_booktabs_and_csv_keeps_mean_se_and_sd():
+    records = [rec("distill", s, **concept_metrics(60 + s, 70), **{"se/presence/stripes": 2.0, "se/presence/dots": 2.0}) for s in range(2)]
+    records += [rec("two_stage", 0, **concept_metrics(10, 20), **{"se/presence/stripes": 2.0, "se/presence/dots": 2.0})]
     table = style_removal(records)[0]
     tex = latex(table)
     assert tex.count(r"\toprule") == 1 and r"\midrule" in tex and r"\bottomrule" in tex and r"$\downarrow$" in tex
     assert r"$\pm$" in tex and "two-stage + esd" in tex and r"\textbf{" in tex
     csv = to_csv([table]).splitlines()
     header = csv[0].split(",")
-    assert "presence_erased" in header and "presence_erased_sd" in header and "presence_erased_n" in header
+    for suffix in ("", "_se", "_ci95", "_sd", "_n"):
+        assert f"presence_erased{suffix}" in header
 
 
 def test_published_numbers_sit_beside_real_scale_rows_only():
@@ -90,6 +96,7 @@ def test_ratio_by_loss():
     rows = {r["method"]: r for r in table.rows}
     assert set(rows) == {"diffusion only", "diffusion + KD"}
     assert rows["diffusion + KD"]["fid@0.1"] == Stat(3.0, None, 1) and rows["diffusion + KD"]["fid@0.2"] == Stat(4.0, None, 1)
+    assert not any("**" in line for line in markdown(table).splitlines() if line.startswith("|"))  # one cell each, no noise recorded: nothing bold
     assert rows["diffusion only"]["n@0.2"] == "0/0" and rows["diffusion only"].get("fid@0.2") is None
 
 
@@ -105,5 +112,25 @@ def test_cells_of_different_kernel_sets_are_never_averaged():
     assert "2 kernel sets" in markdown(table)
     records[1].kernel_set = "cpu AVX2 mkl t2"
     (row,) = overview(records).rows
-    assert row["method"] == "distill only" and row["fid"] == Stat(1.5, 2 ** -0.5, 2)
+    assert row["method"] == "distill only" and row["fid"] == Stat(1.5, 2 ** -0.5, 2, pytest.approx(0.5))
     assert "Kernel set: cpu AVX2 mkl t2." in markdown(overview(records))
+
+
+def test_evaluation_noise_decides_what_is_bold_and_the_floor_row_is_a_reference():
+    """One seed per row: the interval is the cell's own evaluation noise (se/*). FID 2.0 vs 2.5
+    (se 0.3 each: 0.5 < 3 × 0.42) is not a difference; 2.0 vs 4.0 is. The teacher's floor/*
+    metrics make the noise-floor row, never bold."""
+    def cell(method, fid, **kw):
+        return rec(method, **kw, **concept_metrics(60, 70, fid=fid), **{"se/fid": 0.3})
+
+    close = [cell("distill", 2.0), cell("two_stage", 2.5)]
+    table = style_removal(close)[0]
+    assert {r["method"]: r["fid"] for r in table.rows}["distill only"] == Stat(2.0, None, 1, 0.3)
+    assert "**2 ± 0.588**" not in markdown(table) and "2 ± 0.588" in markdown(table)
+    far = [cell("distill", 2.0), cell("two_stage", 4.0)]
+    assert "**2 ± 0.588**" in markdown(style_removal(far)[0])
+    teacher = rec("teacher", **concept_metrics(90, 90, fid=1.0), **{"floor/fid": 0.7, "floor/se/fid": 0.05, "floor/presence/stripes": 99.0})
+    rows = style_removal([*far, teacher])[0].rows
+    labels = [r["method"] for r in rows]
+    assert labels[:2] == ["teacher", "real renders (noise floor)"]
+    assert rows[1]["fid"] == Stat(0.7, None, 1, 0.05) and rows[1]["presence_erased"].mean == 99.0

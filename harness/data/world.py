@@ -52,7 +52,14 @@ def concept_set(cfg, resolution: int, concepts: list[Concept]) -> RenderedSet:
 
 
 def heldout_set(cfg, resolution: int, concepts: list[Concept] | None, n: int) -> RenderedSet:
-    """Held-out scenes: plain when `concepts` is None, else in the given styles."""
+    """Held-out scenes: plain when `concepts` is None, else in the given styles. The first k
+    scenes of a stream are the same whatever n is."""
     styles = (None,) if concepts is None else [c.name for c in concepts]
     stream = 2 if concepts is None else 3  # held-out streams never overlap training streams 0 and 1
     return RenderedSet(_scenes(cfg.seed, stream, n, styles), resolution)
+
+
+def reference_set(cfg, resolution: int, n: int) -> RenderedSet:
+    """Plain renders from a stream of their own (4): the fixed reference set of FID and CMMD,
+    as COCO's val2017 images are at real scale."""
+    return RenderedSet(_scenes(cfg.seed, 4, n, (None,)), resolution)

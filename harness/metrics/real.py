@@ -109,7 +109,7 @@ class RealBackbones:
     def style_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         return self._csd.images(images)
 
-    def reference(self, dataset=None, n: int | None = None) -> dict:
+    def reference(self, dataset=None) -> dict:
         """The prepared real reference (the held-out data set is not used: the user's COCO
         folder was resized and embedded once by `harness.metrics.prepare`)."""
         stats_path, embeddings_path = reference_files(self.cfg.reference, self.fid_mode)

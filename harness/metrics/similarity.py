@@ -19,6 +19,11 @@ def _cos(a, b) -> torch.Tensor:
     return F.cosine_similarity(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64), dim=-1)
 
 
+def per_image_cos(a, b) -> torch.Tensor:
+    """Cosine of each row pair (float64): the per-image values the scores below average."""
+    return _cos(a, b)
+
+
 def clip_score(image_emb, text_emb) -> float:
     return float(100.0 * _cos(image_emb, text_emb).mean())
 

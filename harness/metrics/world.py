@@ -31,6 +31,9 @@ def world_weights(path: str | Path | None, key: str = "--weights") -> Path:
     return folder
 
 
+_REFERENCES: dict = {}
+
+
 class WorldBackbones:
     """The same interface as `RealBackbones` (harness/metrics/real.py)."""
 
@@ -43,6 +46,7 @@ class WorldBackbones:
         from harness.models.tiny import build_tiny, tiny_config
 
         weights = world_weights(weights)
+        self.source = str(weights.resolve())
         parts = build_tiny(tiny_config())
         self.tokenizer, self.device, self.batch_size = parts.tokenizer, torch.device(device), batch_size
         self.clip = WorldClip(parts.text_encoder)
@@ -75,12 +79,16 @@ class WorldBackbones:
     def cmmd_images(self, images) -> torch.Tensor:
         return self.clip_images(images)
 
-    def reference(self, dataset, n: int) -> dict:
-        """The neutral reference: the first `n` held-out real images of the world."""
-        images = torch.stack([dataset[i]["image"] for i in range(min(n, len(dataset)))])
-        images = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        clip = self.clip_images(images)
-        return {"fid": self.fid_features(images), "cmmd": clip, "images": len(images), "source": "held-out world renders"}
+    def reference(self, dataset) -> dict:
+        """The neutral reference of FID and CMMD: the world's renders in `dataset` (a fixed set
+        of its own, data.reference_set), embedded once per process and set."""
+        key = (self.source, len(dataset), tuple(dataset.captions[:16]))
+        if key not in _REFERENCES:
+            images = dataset.pixels  # uint8 renders
+            _REFERENCES.clear()  # one reference at a time: a sweep uses one
+            _REFERENCES[key] = {"fid": self.fid_features(images), "cmmd": self.clip_images(images), "images": len(images),
+                                "source": f"{len(images)} world renders (reference stream)"}
+        return _REFERENCES[key]
 
     @torch.no_grad()
     def clip_texts(self, prompts: list[str]) -> torch.Tensor:
