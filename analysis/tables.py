@@ -70,7 +70,7 @@ def cell_se(record: Record, key: str, erased=None, retained=None) -> float | Non
 
 
 INTERVAL_NOTE = ("± : 95% interval of the row's mean (1.96 se; se: the spread over seeds / √k, or the cells' own "
-                 "evaluation noise (image bootstrap) / √k where larger). Bold: better than every other row by more than "
+                 "evaluation noise (jackknife or binomial se over its images) / √k where larger). Bold: better than every other row by more than "
                  "3 se of the difference (z-test, p < 0.003). n = completed / planned cells.")
 FLOOR_LABEL = "real renders (noise floor)"
 
