@@ -106,7 +106,7 @@ def fmt(value) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        if value == 0:
+        if abs(value) < 1e-12:  # a standard error of exactly nothing, up to float dust (2e-15)
             return "0"
         if abs(value) >= 100:
             return f"{value:.0f}"

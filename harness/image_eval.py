@@ -115,8 +115,7 @@ def render_floor(ctx, backbones, concepts) -> dict:
     images of the evaluation prompts themselves (a perfect generator), at the evaluation's own
     sizes. FID and CMMD cannot go below these at that size; presence shows how often the
     detector finds a style that is there. Nothing where the data holds no pixels (real scale)."""
-    ev, names = ctx.cfg.eval, backbones.names
-    data = ctx.data
+    ev, data = ctx.cfg.eval, ctx.data
     if data.evaluation_set is None or data.reference_set is None:
         return {}
     neutral = data.evaluation_set(None, ev.neutral_prompts)

@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from harness.metrics import cmmd, fid_from_features, presence_rate
@@ -169,7 +168,7 @@ def fmt(x, digits=3):
 
 
 def markdown(r: dict) -> str:
-    lines = [f"# Evaluation noise of the world's metrics, by image-set size",
+    lines = ["# Evaluation noise of the world's metrics, by image-set size",
              "",
              f"Pools of {r['pool']} neutral and {r['concept_pool']} concept images per model (one seed per image), split "
              f"into disjoint sets of n; reference: {r['reference_images']} renders; DDIM {r['sample_steps']} steps. "
