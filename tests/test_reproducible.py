@@ -1,7 +1,7 @@
 """The reproducible mode (`runtime.reproducible=true`, harness/numerics.py): one cell re-run
-gives the committed numbers bitwise on any x86-64 CPU (AVX2 and AVX-512 alike: the kernels are
-pinned to AVX2 and 2 threads), and every cell records what decided its numbers, in
-environment.json and in MLflow.
+gives the committed numbers bitwise (made on an AVX-512 Intel Xeon with the kernels pinned to
+AVX2 and 2 threads; the pin is what lets an AVX2-only CPU give the same), and every cell records
+what decided its numbers, in environment.json and in MLflow.
 
 The committed values (tests/data/reference_cell.json) change when the cell's computation does
 (its config, the code of a method or of the evaluation): regenerate them, in the reproducible
