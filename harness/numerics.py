@@ -8,11 +8,13 @@ between methods. So every cell records its kernel set (`describe()`, in environm
 as MLflow tags), tables never average cells of different kernel sets silently, and
 `runtime.reproducible=true` pins what can be pinned:
 
-- CPU: torch's ATen kernels, MKL (in its strict reproducible mode) and oneDNN to AVX2 (every
-  x86-64 CPU of the last decade has it; these variables are read when each library first
-  runs, so they are set before the process starts: `python -m harness` re-executes itself
-  with them), and a fixed number of torch threads (`runtime.threads`, 2 by default; how a
-  reduction is split over threads changes its sums: 1 and 2 threads differ);
+- CPU: torch's ATen kernels to AVX2 (every x86-64 CPU of the last decade has it), MKL to its
+  strict reproducible COMPATIBLE branch (the one MKL keeps the same on Intel and other x86-64
+  CPUs), oneDNN off (its JIT kernels choose their blocking from the CPU's cache sizes; its
+  ISA is capped at AVX2 too, for whatever still reaches it); these variables are read when each library first runs, so they are set
+  before the process starts (`python -m harness` re-executes itself with them); and a fixed
+  number of torch threads (`runtime.threads`, 2 by default; how a reduction is split over
+  threads changes its sums: 1 and 2 threads differ);
 - CUDA: deterministic algorithms where torch has them, no TF32, no cuDNN autotuning, and
   cuBLAS's fixed workspace.
 """
@@ -24,11 +26,12 @@ import platform
 import re
 import sys
 
-# Read by ATen (its dispatch), MKL and oneDNN at their first use in a process. MKL's AVX2 path
-# needs its strict conditional numerical reproducibility too: without MKL_CBWR=AVX2,STRICT a
-# cell killed and resumed on an AVX-512 CPU ended with other weights than an uninterrupted run
-# (its results depend on how buffers happen to be aligned).
-CPU_PIN = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+# Read by ATen (its dispatch), MKL and oneDNN at their first use in a process.
+# MKL: its conditional numerical reproducibility in the COMPATIBLE branch (SSE2), strict. Its AVX2
+# branch is Intel-only (elsewhere MKL_CBWR=AVX2 falls back to AUTO and other results), and
+# without strict CNR its AVX2 kernels depend on buffer alignment: a cell killed and resumed under
+# MKL_ENABLE_INSTRUCTIONS=AVX2 ended with other weights than an uninterrupted run (Intel Xeon).
+CPU_PIN = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 CUDA_PIN = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}  # cuBLAS is deterministic only with a fixed workspace
 PINNED = "HARNESS_REPRODUCIBLE"  # set in the environment of a pinned process (and its children)
 REPRODUCIBLE_THREADS = 2  # the reference tables' machine: 2 cores
@@ -74,6 +77,9 @@ def apply(runtime) -> None:
     if threads:
         torch.set_num_threads(int(threads))
     torch.use_deterministic_algorithms(reproducible, warn_only=True)
+    # oneDNN's JIT kernels pick their blocking from the CPU's cache sizes, so the same ISA can
+    # sum in another order on another CPU: the mode runs ATen's own kernels (and MKL) instead
+    torch.backends.mkldnn.enabled = not reproducible
     if reproducible:
         # warn_only: some CUDA backward kernels (e.g. nearest upsampling) have no deterministic
         # version; torch warns about each instead of failing the cell
@@ -114,7 +120,7 @@ def describe() -> dict:
     config = torch.__config__.show()
     info = {
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "pinned_env": {k: os.environ.get(k) for k in (*CPU_PIN, *CUDA_PIN)},
+        "pinned_env": {k: os.environ.get(k) for k in (*CPU_PIN, "MKL_ENABLE_INSTRUCTIONS", *CUDA_PIN)},
         "blas": _config_line(config, r"BLAS_INFO=([^,\n]+)"),
         "mkl": _config_line(config, r"Intel\(R\) (?:oneAPI )?Math Kernel Library Version ([^\n]+)") if torch.backends.mkl.is_available() else None,
         "onednn": _config_line(config, r"(?:MKL-DNN|oneDNN) (v[^\s(]+)") if torch.backends.mkldnn.is_available() else None,
@@ -122,6 +128,7 @@ def describe() -> dict:
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "onednn_enabled": torch.backends.mkldnn.enabled,
         "cuda": None,
     }
     if torch.cuda.is_available():
@@ -140,12 +147,17 @@ def describe() -> dict:
 
 def kernel_set(info: dict, device: str = "cpu") -> str:
     """A short label of what decides the numbers, equal for two cells that computed alike:
-    e.g. `cpu AVX2 mkl t2` or `cuda NVIDIA H100 cudnn 91002 det`."""
+    e.g. `cpu AVX512 mkl t2`, `cpu AVX2 mkl-cnr-compatible nodnnl t2` (reproducible) or `cuda NVIDIA H100 cudnn 91002 det`."""
     if device.startswith("cuda") and info.get("cuda"):
         c = info["cuda"]
         flags = "det" if c["cudnn_deterministic"] and not c["tf32_matmul"] else ("tf32" if c["tf32_matmul"] else "nondet")
         return f"cuda {c['device']} cudnn {c['cudnn']} {flags}"
-    return f"cpu {info.get('cpu_capability')} {info.get('blas') or 'noblas'} t{info.get('threads')}"
+    cnr = (info.get("pinned_env") or {}).get("MKL_CBWR")
+    blas = info.get("blas") or "noblas"
+    if cnr and blas == "mkl":
+        blas = f"mkl-cnr-{cnr.split(',')[0].lower()}"
+    dnnl = "" if info.get("onednn_enabled", True) else " nodnnl"
+    return f"cpu {info.get('cpu_capability')} {blas}{dnnl} t{info.get('threads')}"
 
 
 def tags(env: dict) -> dict:

@@ -43,7 +43,7 @@ def test_a_reproducible_cell_gives_the_committed_values_bitwise(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     got, want = summary(tmp_path), json.loads(REFERENCE.read_text())
     assert got["cell"] == want["cell"], "the reference cell's identity changed: regenerate with python -m tests.test_reproducible"
-    assert got["kernel_set"] == want["kernel_set"] == "cpu AVX2 mkl t2"
+    assert got["kernel_set"] == want["kernel_set"] == "cpu AVX2 mkl-cnr-compatible nodnnl t2"
     assert got["metrics"] == want["metrics"]  # every float, exactly
     assert got["student_sha256"] == want["student_sha256"]
 
@@ -51,13 +51,14 @@ def test_a_reproducible_cell_gives_the_committed_values_bitwise(tmp_path):
     env = json.loads((tmp_path / "cells" / got["cell"] / "environment.json").read_text())
     numerics = env["numerics"]
     assert numerics["cpu_capability"] == "AVX2" and numerics["threads"] == 2 and numerics["deterministic"] is True
-    assert numerics["pinned_env"]["ATEN_CPU_CAPABILITY"] == "avx2" and env["kernel_set"] == "cpu AVX2 mkl t2"
+    assert numerics["onednn_enabled"] is False
+    assert numerics["pinned_env"]["ATEN_CPU_CAPABILITY"] == "avx2" and env["kernel_set"] == "cpu AVX2 mkl-cnr-compatible nodnnl t2"
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run_,) = client.search_runs([client.get_experiment_by_name("harness").experiment_id])
     tags = run_.data.tags
-    assert tags["harness.kernel_set"] == "cpu AVX2 mkl t2" and tags["numerics.cpu_capability"] == "AVX2"
+    assert tags["harness.kernel_set"] == "cpu AVX2 mkl-cnr-compatible nodnnl t2" and tags["numerics.cpu_capability"] == "AVX2"
     assert tags["numerics.threads"] == "2" and tags["numerics.pinned"] == "True"
 
 
