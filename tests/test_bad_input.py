@@ -31,6 +31,13 @@ CASES = {
     "missing coco": (["data=coco", "data.root=/no/such/coco"], "data.root=/no/such/coco", "annotations"),
     "broken value": (["finetune.steps=abc"], "finetune.steps='abc'", "integer"),
     "unknown key": (["finetune.stepz=3"], "finetune.stepz", "+finetune.stepz"),
+    "reproducible not a boolean": (["runtime.reproducible=maybe"], "runtime.reproducible='maybe'", "true or false"),
+    "zero threads": (["runtime.threads=0"], "runtime.threads=0", "> 0"),
+    "unknown evaluation sampler": (["eval.sampler=euler"], "eval.sampler='euler'", "ddim or pndm"),
+    "unknown evaluation concepts": (["eval.concepts=some"], "eval.concepts='some'", "all, set or auto"),
+    "no reference images": (["eval.reference_images=0"], "eval.reference_images=0", "> 0"),
+    "unknown x_t sampler model": (["method=two_stage", "eraser.sampler_model=ema"], "eraser.sampler_model='ema'", "frozen, trained"),
+    "unknown eraser layers": (["method=two_stage", "eraser.layers=conv"], "eraser.layers='conv'", "all, linear_conv"),
 }
 
 
