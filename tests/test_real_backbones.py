@@ -53,7 +53,10 @@ def csd_checkpoint(tmp_path_factory):
     state = {f"module.backbone.{k}": v for k, v in as_openai_visual(model).items()}
     state["module.last_layer_style"], state["module.last_layer_content"] = head, torch.randn(64, 24)
     path = tmp_path_factory.mktemp("csd") / "checkpoint.pth"
-    torch.save({"model_state_dict": state, "epoch": 1}, path)
+    import argparse
+
+    # as the released checkpoint: its training arguments ride along as an argparse.Namespace
+    torch.save({"model_state_dict": state, "epoch": 1, "args": argparse.Namespace(lr=1e-4, arch="vit_large")}, path)
     return path, model, head
 
 
@@ -72,6 +75,25 @@ def test_csd_checkpoint_maps_onto_a_clip_tower(csd_checkpoint):
     with torch.no_grad():
         unloaded = torch.nn.functional.normalize(other(pixel_values=csd._pixels(images)).pooler_output @ head, dim=-1)
     assert not torch.allclose(got, unloaded, atol=1e-3)
+
+
+class _Payload:
+    """Unpickling this runs code (os.system) — what a crafted checkpoint would do."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model_state_dict": {"last_layer_style": torch.zeros(2)}, "x": _Payload()}, path)
+    with pytest.raises(MissingInputError, match="not loaded: it holds objects other than tensors") as info:
+        CsdEmbedder(path, torch.device("cpu"))
+    assert len(str(info.value).splitlines()) == 1
+    assert not (tmp_path / "PWNED").exists()
 
 
 def test_not_a_csd_checkpoint_is_named(tmp_path):

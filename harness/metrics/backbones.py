@@ -136,6 +136,22 @@ def openai_visual_to_transformers(state: dict[str, torch.Tensor]) -> tuple[dict,
     return config, out
 
 
+def load_checkpoint_safely(path: Path) -> dict:
+    """A `.pth` checkpoint read without running any code it holds: torch's weights-only
+    unpickler, which builds tensors and plain containers only. CSD's released checkpoint also
+    stores its training arguments as an `argparse.Namespace`, which is allowed (it only sets
+    attributes). Anything else fails in one line naming the file."""
+    import argparse
+    import pickle
+
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise MissingInputError(f"{path}: not loaded: it holds objects other than tensors and plain values ({first})") from exc
+
+
 class CsdEmbedder:
     """Style embeddings from CSD's released checkpoint (a local `checkpoint.pth`)."""
 
@@ -145,7 +161,7 @@ class CsdEmbedder:
         path = Path(path).expanduser()
         if not path.is_file():
             raise MissingInputError(f"CSD checkpoint not found at {path} (CSD-ViT-L checkpoint.pth; nothing is downloaded)")
-        raw = torch.load(path, map_location="cpu", weights_only=False)
+        raw = load_checkpoint_safely(path)
         raw = raw.get("model_state_dict", raw)
         state = {k.removeprefix("module."): v for k, v in raw.items()}
         if "last_layer_style" not in state or "backbone.conv1.weight" not in state:
