@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import time
 import traceback
 from contextlib import contextmanager
@@ -99,7 +100,7 @@ def _run_locked(cfg: DictConfig, cell: Cell, tracker: Tracker) -> dict:
         try:
             results = _train_and_evaluate(cfg, cell, run, tracker)
         except BaseException as exc:  # KeyboardInterrupt/SystemExit too: the marker says why
-            if isinstance(exc, SystemExit) and _REQUEUE_PENDING:
+            if _ending_in_requeue(exc):
                 log.info("cell %s interrupted by the scheduler: requeued; resumes from its latest checkpoint", cell.id)
                 _end_attempt(env_path, "requeued")
                 run.finish(None, status="KILLED")
@@ -191,6 +192,21 @@ def _train_and_evaluate_measured(cfg: DictConfig, cell: Cell, run: CellRun, trac
         # average cells of different kernel sets silently
         "kernel_set": numerics.kernel_set(numerics.describe(), ctx.device.type),
     }
+
+
+def _ending_in_requeue(exc: BaseException) -> bool:
+    """Whether `exc` ends this attempt because the scheduler requeues the job. After the
+    checkpoint hook, submitit runs `scontrol requeue` and exits (SystemExit). But the requeue
+    kills the job's processes, and SLURM's SIGTERM can reach that `scontrol` child before it
+    returns: check_call then raises CalledProcessError (killed by a signal) although the job
+    is requeued (seen on the local cluster). A requeue that SLURM refused (a positive exit
+    status) or submitit's 'timed-out too many times' is a failure."""
+    if not _REQUEUE_PENDING:
+        return False
+    if isinstance(exc, SystemExit):
+        return True
+    return (isinstance(exc, subprocess.CalledProcessError) and exc.returncode is not None and exc.returncode < 0
+            and list(exc.cmd)[:2] == ["scontrol", "requeue"])
 
 
 def _end_attempt(env_path, how: str) -> None:

@@ -89,3 +89,36 @@ def test_a_snapshot_copies_the_tree_links_large_files_and_is_shared_while_unchan
     assert (snap / "harness" / "code.py").read_text() == "VALUE = 1\n"  # the first stays as it was
     assert "VALUE = 2" in (tmp_path / "code" / second["digest"] / "DIFF.patch").read_text()
     assert json.loads((tmp_path / "code" / second["digest"] / MARKER).read_text())["commit"] == commit
+
+
+def test_the_requeue_race_ends_the_attempt_as_requeued_not_failed(tmp_path, monkeypatch):
+    """submitit's requeue runs `scontrol requeue`, which makes SLURM kill the job: its SIGTERM
+    can reach that scontrol child before it returns (seen on the local cluster), so check_call
+    raises although the job is requeued. The attempt ends 'requeued', with no FAILED marker;
+    the same error without the scheduler's signal, or a refused requeue, is a failure."""
+    from harness import runner
+    from harness.cell import Cell
+    from tests.conftest import compose
+
+    killed = subprocess.CalledProcessError(-15, ["scontrol", "requeue", "18"])
+    refused = subprocess.CalledProcessError(1, ["scontrol", "requeue", "18"])
+    cases = [(True, killed, "requeued"), (True, SystemExit(-1), "requeued"), (True, refused, "failed"),
+             (False, killed, "failed"), (False, SystemExit(-1), "failed")]
+    for i, (signalled, exc, ended) in enumerate(cases):
+        cfg = compose(["tracking.enabled=false"], out_dir=tmp_path / str(i))
+        monkeypatch.setattr(runner, "_REQUEUE_PENDING", signalled)
+
+        def interrupted(*args, exc=exc):
+            raise exc
+
+        monkeypatch.setattr(runner, "_train_and_evaluate", interrupted)
+        cell = Cell(cfg)
+        try:
+            runner.run_cell(cfg)
+        except BaseException as raised:  # noqa: BLE001 - the cell re-raises what ended it
+            assert raised is exc
+        else:
+            raise AssertionError("the cell swallowed what ended it")
+        attempt = json.loads(cell.path("environment.json").read_text())["attempts"][-1]
+        assert attempt["ended"] == ended, (signalled, exc)
+        assert cell.path("FAILED").exists() == (ended == "failed"), (signalled, exc)
