@@ -47,7 +47,8 @@ def serve(backend_uri: str, host: str = "127.0.0.1", port: int | None = None, ti
     Yields the base URL."""
     port = port or free_port(host)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", backend_uri, "--host", host, "--port", str(port)]
-    log = tempfile.NamedTemporaryFile(prefix="mlflow-ui-", suffix=".log", delete=False)
+    private = tempfile.TemporaryDirectory(prefix="mlflow-ui-")  # 0700, removed on exit with the log
+    log = open(Path(private.name) / "ui.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://{host}:{port}"
     try:
@@ -62,7 +63,7 @@ def serve(backend_uri: str, host: str = "127.0.0.1", port: int | None = None, ti
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise AnalysisError(f"mlflow ui did not answer at {base} within {timeout_s:.0f} s (log: {log.name})")
+                raise AnalysisError(f"mlflow ui did not answer at {base} within {timeout_s:.0f} s: {Path(log.name).read_text()[-300:].strip()}")
             time.sleep(0.5)
         yield base
     finally:
@@ -75,6 +76,7 @@ def serve(backend_uri: str, host: str = "127.0.0.1", port: int | None = None, ti
                 except (ProcessLookupError, subprocess.TimeoutExpired):
                     pass
         log.close()
+        private.cleanup()
 
 
 def pages(backend_uri: str, sweep: str | None, experiment: str = "harness", base: str = "http://127.0.0.1:5000") -> dict[str, str]:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.files import write_atomic  # noqa: F401 - used here and re-exported
 from harness.method import get_method
 
 SCHEMA_VERSION = 2  # 2: trained-weights checksums are part of a cell's identity
@@ -71,15 +72,10 @@ def weight_checksums(cfg: DictConfig) -> dict[str, str]:
     return {key: _sha256(path) for key, path in files.items()}
 
 
-_SHA256: dict[tuple, str] = {}  # per process, by (path, mtime, size): a sweep hashes each file once
-
-
 def _sha256(path: Path) -> str:
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    if key not in _SHA256:
-        _SHA256[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return _SHA256[key]
+    from harness.weights import sha256  # cached per process: a sweep hashes each file once
+
+    return sha256(path)
 
 
 def distill_config(cfg: DictConfig) -> DictConfig:
@@ -98,12 +94,6 @@ def distill_config(cfg: DictConfig) -> DictConfig:
 def cell_id(cfg: DictConfig) -> str:
     blob = json.dumps(semantic_config(cfg), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:ID_LENGTH]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 class Cell:
@@ -160,6 +150,37 @@ class Cell:
         write_atomic(self.path("results.json"), json.dumps(results, indent=1, default=str))
         self.path("FAILED").unlink(missing_ok=True)
         write_atomic(self.path("COMPLETED"), results.get("finished_at", ""))  # last, always
+
+    def metric_lines(self) -> list[str]:
+        path = self.path("metrics.jsonl")
+        return path.read_text().splitlines() if path.exists() else []
+
+    def durable_metric_lines(self, lines: list[str] | None = None) -> int:
+        """How many leading lines of metrics.jsonl a resume keeps: training lines at or before
+        the latest checkpoint of their stage. Lines past it (and evaluation lines of an
+        unfinished cell) are logged again when the cell resumes, so they are neither kept
+        nor sent to MLflow: every (metric, step) is logged once."""
+        from harness.trainer import checkpoints
+
+        lines = self.metric_lines() if lines is None else lines
+        latest: dict[str, int] = {}
+        for n, line in enumerate(lines):
+            record = json.loads(line)
+            stage = record.get("stage")
+            if stage not in latest:
+                found = checkpoints(self.path("checkpoints") / stage) if stage not in ("eval", "recovery") else []
+                latest[stage] = found[0][0] if found else -1
+            if record.get("step", 0) > latest[stage] or latest[stage] < 0:
+                return n
+        return len(lines)
+
+    def drop_undurable_metrics(self) -> int:
+        """Before an attempt: cut metrics.jsonl to its durable lines. Returns how many went."""
+        lines = self.metric_lines()
+        keep = self.durable_metric_lines(lines)
+        if keep < len(lines):
+            write_atomic(self.path("metrics.jsonl"), "".join(line + "\n" for line in lines[:keep]))
+        return len(lines) - keep
 
     def append_metrics(self, record: dict) -> None:
         with open(self.path("metrics.jsonl"), "a") as handle:

@@ -19,3 +19,7 @@ def fail(message: str) -> None:
     """Report a bad input in one line and exit with status 2 (nothing has been written)."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+class CorruptInputError(MissingInputError):
+    """A local input that exists but is not what it should be (checksum, format, shapes)."""

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from harness.files import write_via
+
 SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
@@ -52,9 +54,8 @@ class ImageSet:
         features = extract(self.uint8())
         as_numpy = isinstance(features, np.ndarray)
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"digest": digest, "features": torch.from_numpy(features) if as_numpy else features, "numpy": as_numpy}, tmp)
-        tmp.replace(path)
+        record = {"digest": digest, "features": torch.from_numpy(features) if as_numpy else features, "numpy": as_numpy}
+        write_via(path, lambda tmp: torch.save(record, tmp))
         return features
 
     def _digest(self) -> str:

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from harness.errors import ConfigError
+from harness.files import write_atomic, write_via
 
 IMPORTANCES = ("magnitude", "random", "taylor")
 
@@ -187,12 +188,8 @@ def save_pruned(unet: UNet2DConditionModel, report: PruneReport, path: Path) -> 
         "shapes": {k: list(v.shape) for k, v in state.items()},
         "report": asdict(report),
     }
-    tmp = path.with_suffix(".safetensors.tmp")
-    save_file(state, str(tmp))
-    tmp.replace(path.with_suffix(".safetensors"))
-    tmp_json = path.with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps(meta, indent=1, default=list))
-    tmp_json.replace(path.with_suffix(".json"))
+    write_via(path.with_suffix(".safetensors"), lambda tmp: save_file(state, str(tmp)))
+    write_atomic(path.with_suffix(".json"), json.dumps(meta, indent=1, default=list))
 
 
 def load_pruned(path: Path) -> tuple[UNet2DConditionModel, PruneReport]:

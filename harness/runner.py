@@ -93,9 +93,11 @@ def _run_locked(cfg: DictConfig, cell: Cell, tracker: Tracker) -> dict:
     attempts = json.loads(env_path.read_text()).get("attempts", []) if env_path.exists() else []
     attempts.append({"started_at": _now(), "host": env["host"], "slurm": env["slurm"]})
     write_atomic(env_path, json.dumps({**env, "attempts": attempts}, indent=1))
-    run = CellRun(tracker, cell, cfg.tracking.get("parent_run_id"), cfg.tracking.flush_every_s)
     with cell_log(cell):
         log.info("cell %s (%s), attempt %d, in %s", cell.id, cfg.method.name, len(attempts), cell.dir)
+        if dropped := cell.drop_undurable_metrics():
+            log.info("%d metric lines logged after the latest checkpoint dropped: the resumed cell logs them again", dropped)
+        run = CellRun(tracker, cell, cfg.tracking.get("parent_run_id"), cfg.tracking.flush_every_s)
         run.start(env)
         try:
             results = _train_and_evaluate(cfg, cell, run, tracker)
@@ -158,6 +160,7 @@ def _train_and_evaluate_measured(cfg: DictConfig, cell: Cell, run: CellRun, trac
         ),
         ctx.device,
         on_log,
+        lambda stage, step: run.checkpointed(),
     )
     method = get_method(cfg.method.name)(ctx)
     timings, last_stage = {}, None

@@ -26,6 +26,7 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import ConfigError, MissingInputError, fail
+from harness.files import write_atomic
 from harness.method import get_method
 
 log = logging.getLogger("harness")
@@ -107,7 +108,7 @@ class HarnessSweeper(Sweeper):
         print(f"sweep {sweep_id}: {len(cells)} cells, {sum(c.done for c, _ in cells)} already completed, "
               + (f"{len(running)} queued or running, " if on_slurm else "") + f"{len(pending)} to run", flush=True)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "cells.json").write_text(json.dumps([describe(c, o) for c, o in cells], indent=1))
+        write_atomic(folder / "cells.json", json.dumps([describe(c, o) for c, o in cells], indent=1))
         tracker = Tracker(self.config)
         parent = tracker.get_or_create_run(SWEEP_TAG, sweep_id, sweep_id, {"harness.sweep": name, "harness.cells": len(cells)})
         if parent:  # the planned cells: analysis marks the ones with no finished run as missing
@@ -120,7 +121,7 @@ class HarnessSweeper(Sweeper):
         command = [*self.config.hydra.overrides.get("hydra", []), *arguments]
         info = {"sweep_id": sweep_id, "name": name, "parent_run_id": parent, "arguments": command,
                 "out_dir": str(out_dir), "cwd": str(Path.cwd()), "launcher": "slurm" if on_slurm else "local"}
-        (folder / "sweep.json").write_text(json.dumps(info, indent=1))
+        write_atomic(folder / "sweep.json", json.dumps(info, indent=1))
         failed, returns = [], []
         if on_slurm:
             if pending:
@@ -164,7 +165,7 @@ def close_sweep(folder: Path, cells: list, tracker, values: dict | None = None) 
         tracker.log_artifact(parent, folder / "table.csv")
         tracker.log_metrics(parent, [{"time": time.time(), "step": 0, "values": {"cells": len(cells), "failed": failed, **(values or {})}}])
         tracker.terminate(parent, "FAILED" if failed else "FINISHED")
-    (folder / "sweep.json").write_text(json.dumps({**info, "finalized": time.time()}, indent=1))
+    write_atomic(folder / "sweep.json", json.dumps({**info, "finalized": time.time()}, indent=1))
     return table
 
 

@@ -8,15 +8,18 @@ runs are found again by their `harness.cell_id` / `harness.sweep_id` tags."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from harness import numerics
+from harness.files import write_atomic
 
 log = logging.getLogger("harness")
 
@@ -47,52 +50,84 @@ class Tracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.uri = tracking_uri(cfg)
+        self.out_dir = Path(cfg.out_dir).resolve()
         self.experiment_name = cfg.tracking.experiment
-        self.artifact_root = (Path(cfg.out_dir).resolve() / "mlartifacts").as_uri()
+        # Where run artifacts go. A tracking server keeps them in its own artifact store (the
+        # experiment is shared by clients with other out_dirs); the local store, or a server
+        # with `tracking.artifacts=out_dir`, in <out_dir>/mlartifacts.
+        local = (Path(cfg.out_dir).resolve() / "mlartifacts").as_uri()
+        server = self.uri.startswith(("http://", "https://"))
+        self.artifact_root = local if not server or cfg.tracking.get("artifacts", "auto") == "out_dir" else None
         self.enabled = bool(cfg.tracking.enabled)
         self._client, self._experiment_id, self.down = None, None, False
 
     def call(self, what: str, fn, *args, **kwargs):
-        """Run an MLflow call; on failure, log once and carry on without tracking."""
+        """Run an MLflow call; on failure, log once and carry on without tracking. `fn` is a
+        callable or the name of a client method: the client is reached inside the guard, so
+        nothing touches it once tracking is down."""
         if not self.enabled or self.down:
             return None
         try:
+            if isinstance(fn, str):
+                fn = getattr(self._connect(), fn)
             return fn(*args, **kwargs)
         except Exception as exc:  # any tracking failure must not fail the cell
             self.down = True
             log.warning("MLflow unavailable at %s (%s: %s); results stay on disk, run `python -m harness.backfill` later", self.uri, what, exc)
             return None
 
+    @contextmanager
+    def _store_lock(self):
+        """Exclusive among the processes sharing this out_dir while the store is created and
+        while a run is looked up and created: two sweeps started at once on a new out_dir
+        otherwise both create the SQLite schema (one fails: 'table alembic_version already
+        exists') or both create a run for the same cell."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / ".tracking.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def _connect(self):
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
-            client = MlflowClient(tracking_uri=self.uri)
-            exp = client.get_experiment_by_name(self.experiment_name)
-            self._experiment_id = exp.experiment_id if exp else client.create_experiment(self.experiment_name, artifact_location=self.artifact_root)
+            with self._store_lock():
+                client = MlflowClient(tracking_uri=self.uri)
+                exp = client.get_experiment_by_name(self.experiment_name)
+                self._experiment_id = exp.experiment_id if exp else client.create_experiment(self.experiment_name, artifact_location=self.artifact_root)
+            if exp and self.artifact_root and exp.artifact_location.rstrip("/") != self.artifact_root.rstrip("/"):
+                # an experiment's artifact location is fixed when it is created
+                log.warning("MLflow experiment %r keeps its artifacts at %s (set when it was created), not %s: "
+                            "use a new tracking.experiment to have them under out_dir", self.experiment_name,
+                            exp.artifact_location, self.artifact_root)
             self._client = client
         return self._client
 
     @property
-    def client(self):
-        return self.call("connect", self._connect)
+    def available(self) -> bool:
+        return self.call("connect", self._connect) is not None
 
     def find_run(self, tag: str, value: str):
-        client = self.client
-        if client is None:
+        if not self.available:
             return None
-        runs = self.call("search", client.search_runs, [self._experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=1)
+        runs = self.call("search", "search_runs", [self._experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=1)
         return runs[0].info.run_id if runs else None
 
     def get_or_create_run(self, tag: str, value: str, name: str, tags: dict, parent: str | None = None) -> str | None:
-        run_id = self.find_run(tag, value)
-        if run_id or self.client is None or self.down:
-            return run_id
-        all_tags = {tag: value, **{k: str(v) for k, v in tags.items() if v is not None}}
-        if parent:
-            all_tags["mlflow.parentRunId"] = parent
-        run = self.call("create run", self.client.create_run, self._experiment_id, run_name=name, tags=all_tags)
-        return run.info.run_id if run else None
+        if not self.available:
+            return None
+        with self._store_lock():  # one run per tag value, whoever asks at the same time
+            run_id = self.find_run(tag, value)
+            if run_id or self.down:
+                return run_id
+            all_tags = {tag: value, **{k: str(v) for k, v in tags.items() if v is not None}}
+            if parent:
+                all_tags["mlflow.parentRunId"] = parent
+            run = self.call("create run", "create_run", self._experiment_id, run_name=name, tags=all_tags)
+            return run.info.run_id if run else None
 
     def log_metrics(self, run_id: str, records: list[dict]) -> bool:
         from mlflow.entities import Metric
@@ -104,7 +139,7 @@ class Tracker:
             if isinstance(value, (int, float)) and not isinstance(value, bool)
         ]
         for i in range(0, len(metrics), 900):
-            if self.call("log metrics", self.client.log_batch, run_id, metrics=metrics[i : i + 900]) is None and self.down:
+            if self.call("log metrics", "log_batch", run_id, metrics=metrics[i : i + 900]) is None and self.down:
                 return False
         return True
 
@@ -113,19 +148,19 @@ class Tracker:
 
         items = [Param(k[:250], v[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 90):
-            self.call("log params", self.client.log_batch, run_id, params=items[i : i + 90])
+            self.call("log params", "log_batch", run_id, params=items[i : i + 90])
 
     def set_tags(self, run_id: str, tags: dict) -> None:
         for k, v in tags.items():
             if v is not None:
-                self.call("set tag", self.client.set_tag, run_id, k, str(v))
+                self.call("set tag", "set_tag", run_id, k, str(v))
 
     def log_artifact(self, run_id: str, path: Path) -> None:
         if path.exists():
-            self.call("log artifact", self.client.log_artifact, run_id, str(path))
+            self.call("log artifact", "log_artifact", run_id, str(path))
 
     def terminate(self, run_id: str, status: str = "FINISHED") -> None:
-        self.call("terminate", self.client.set_terminated, run_id, status)
+        self.call("terminate", "set_terminated", run_id, status)
 
 
 def cell_tags(cfg: DictConfig, cell_id: str, env: dict | None = None) -> dict:
@@ -192,11 +227,14 @@ class CellRun:
         if self.state.get("uri") not in (None, tracker.uri):
             self.state = {}  # synced to another tracking store before: this one starts afresh
         self.flush_every_s, self._last_flush = flush_every_s, 0.0
+        # metric lines MLflow may have: those a resume keeps (Cell.durable_metric_lines); more
+        # at each checkpoint, all of them when the cell completes
+        self.durable = cell.durable_metric_lines()
+        if self.state.get("logged_lines", 0) > len(cell.metric_lines()):  # cut by a resume (older versions sent such lines)
+            self.state["logged_lines"] = self.durable
 
     def _save(self) -> None:
-        tmp = self.state_path.with_name("tracking.json.tmp")
-        tmp.write_text(json.dumps(self.state))
-        tmp.replace(self.state_path)
+        write_atomic(self.state_path, json.dumps(self.state))
 
     def start(self, env: dict | None = None) -> None:
         t = self.tracker
@@ -213,19 +251,25 @@ class CellRun:
         elif env:
             t.set_tags(run_id, cell_tags(self.cell.cfg, self.cell.id, env))
 
-    def flush(self, force: bool = False) -> None:
-        """Send metric lines MLflow does not have yet (rate-limited unless forced)."""
+    def checkpointed(self) -> None:
+        """A checkpoint is on disk: every line logged so far survives a restart."""
+        self.durable = len(self.cell.metric_lines())
+        self.flush()
+
+    def flush(self, force: bool = False, final: bool = False) -> None:
+        """Send the durable metric lines MLflow does not have yet (rate-limited unless forced;
+        `final`: the cell has completed, every line is durable)."""
         if not force and time.monotonic() - self._last_flush < self.flush_every_s:
             return
         self._last_flush = time.monotonic()
         run_id = self.state.get("run_id")
-        path = self.cell.path("metrics.jsonl")
-        if run_id is None or self.tracker.down or not path.exists():
+        if run_id is None or self.tracker.down:
             return
-        lines = path.read_text().splitlines()
-        new = [json.loads(x) for x in lines[self.state["logged_lines"] :] if x.strip()]
+        lines = self.cell.metric_lines()
+        end = len(lines) if final else min(self.durable, len(lines))
+        new = [json.loads(x) for x in lines[self.state["logged_lines"] : end] if x.strip()]
         if new and self.tracker.log_metrics(run_id, new):
-            self.state["logged_lines"] = len(lines)
+            self.state["logged_lines"] = end
             self._save()
 
     SAMPLES_PER_CONCEPT = 8
@@ -247,18 +291,20 @@ class CellRun:
                 (dest / "prompts.jsonl").write_text("\n".join(lines) + "\n")
                 for line in lines:
                     shutil.copy(prompts.parent / json.loads(line)["file"], dest)
-            self.tracker.call("log artifacts", self.tracker.client.log_artifacts, run_id, tmp, "images")
+            self.tracker.call("log artifacts", "log_artifacts", run_id, tmp, "images")
 
     def finish(self, results: dict | None, status: str = "FINISHED") -> bool:
         """Final metrics, artifacts, status. Returns True when MLflow has everything."""
         run_id = self.state.get("run_id")
         if run_id is None:
             return False
-        self.flush(force=True)
+        self.flush(force=True, final=results is not None)
         t = self.tracker
         if results is not None:
-            summary = {"time": time.time(), "step": 0, "values": summary_values(results)}
-            t.log_metrics(run_id, [summary])
+            # cost and size; the evaluation metrics came with metrics.jsonl's eval line
+            values = {k: v for k, v in summary_values(results).items() if k not in results.get("metrics", {})}
+            if values:
+                t.log_metrics(run_id, [{"time": time.time(), "step": 0, "values": values}])
             for name in ("config.yaml", "results.json", "samples.png", "environment.json"):
                 t.log_artifact(run_id, self.cell.path(name))
             self._log_concept_samples(run_id)

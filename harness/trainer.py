@@ -20,6 +20,7 @@ from torch import nn
 
 from harness import distributed
 from harness.data.streams import BatchStream
+from harness.files import write_via
 
 log = logging.getLogger("harness")
 
@@ -90,8 +91,11 @@ def checkpoints(folder: Path) -> list[tuple[int, Path]]:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, device: torch.device, on_log: Callable[[str, int, dict], None] | None = None):
-        self.config, self.device, self.on_log = config, device, on_log
+    def __init__(self, config: TrainConfig, device: torch.device, on_log: Callable[[str, int, dict], None] | None = None,
+                 on_checkpoint: Callable[[str, int], None] | None = None):
+        # on_log(stage, step, means) every log_every steps; on_checkpoint(stage, step) once a
+        # checkpoint is on disk (what was logged up to it survives a restart)
+        self.config, self.device, self.on_log, self.on_checkpoint = config, device, on_log, on_checkpoint
 
     def _autocast(self):
         use_bf16 = self.config.precision == "bf16" or (self.config.precision == "auto" and self.device.type == "cuda")
@@ -130,9 +134,8 @@ class Trainer:
             "seconds": seconds,  # training time of all runs that led here: a resumed build still knows its cost
             "updates": dict(updates),  # steps each optimizer has taken (its warm-up)
         }
-        tmp = folder / f"step_{step:08d}.pt.tmp"
-        torch.save(state, tmp)
-        tmp.replace(folder / f"step_{step:08d}.pt")  # atomic: a reader sees all of it or nothing
+        # atomic: a reader sees all of it or nothing
+        write_via(folder / f"step_{step:08d}.pt", lambda tmp: torch.save(state, tmp))
         rotating = [(s, p) for s, p in checkpoints(folder) if s not in self.config.keep_steps]
         for _, old in rotating[self.config.keep_checkpoints :]:
             old.unlink(missing_ok=True)
@@ -199,6 +202,8 @@ class Trainer:
                     progress.update(1)
                 if (step + 1) % cfg.checkpoint_every == 0 or last or step + 1 in cfg.keep_steps:
                     self._save(folder, stage, optims, step + 1, drawn, seconds_before + time.perf_counter() - t0, updates)
+                    if self.on_checkpoint and main:
+                        self.on_checkpoint(stage.name, step + 1)
         if progress is not None:
             progress.close()
         for module in stage.modules().values():

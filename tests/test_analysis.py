@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -178,12 +179,17 @@ def test_mlflow_ui_shows_the_sweep_in_chromium(smoke):
     shots = Path(os.environ.get("HARNESS_TEST_ARTIFACTS", REPO / "test-artifacts"))
     study = load(uri(smoke), "smoke")
     children = sorted(f"{r.method}-{r.cell}" for r in study.records)
+    temp = Path(tempfile.gettempdir())
+    before = set(temp.glob("mlflow-ui-*"))
     with serve(uri(smoke)) as base:
+        private = set(temp.glob("mlflow-ui-*")) - before
+        assert all(p.is_dir() and p.stat().st_mode & 0o077 == 0 for p in private), private  # its log: private
         urls = pages(uri(smoke), "smoke", base=base)
         assert base.startswith("http://127.0.0.1:")
         runs = visible_text(browse(urls["runs"], shots / "mlflow_runs.png"))
         sweep = visible_text(browse(urls["sweep"], shots / "mlflow_sweep.png"))
         cell = visible_text(browse(urls["cell"]))
+    assert set(temp.glob("mlflow-ui-*")) == before  # nothing left behind
     assert study.name in runs and "7 matching runs" in runs  # the parent, its 6 children folded under it
     assert study.name in sweep and all(name in sweep for name in children)  # the parent's child runs
     assert "wall_seconds" in sweep and "failed" in sweep

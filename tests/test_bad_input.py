@@ -65,3 +65,39 @@ def test_the_command_line_exits_2_with_one_line_and_writes_nothing(case, tmp_pat
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert result.returncode == 2 and len(lines) == 1 and names in lines[0], result.stderr[-2000:]
     assert not out.exists()
+
+
+def _fails_in_one_line(args, tmp_path, capsys, *wanted):
+    from harness.app import check
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        check([*args, f"out_dir={out}"])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert all(w in lines[0] for w in wanted), lines[0]
+    assert not out.exists()
+
+
+def test_weights_are_verified_before_anything_starts(tmp_path, capsys):
+    """A teacher or backbone with flipped bytes fails its manifest's sha256; a truncated file or
+    weights for another architecture fail by their header: each in one line naming the file."""
+    import shutil
+
+    from harness.world.build import WEIGHTS
+
+    copy = tmp_path / "weights"
+    shutil.copytree(WEIGHTS, copy)
+    for name, key in (("teacher.safetensors", "model.weights"), ("world_clip.safetensors", "eval.weights")):
+        shutil.copytree(WEIGHTS, copy, dirs_exist_ok=True)
+        data = bytearray((copy / name).read_bytes())
+        data[-64:] = bytes(b ^ 0xFF for b in data[-64:])  # 64 flipped bytes in the last tensor
+        (copy / name).write_bytes(bytes(data))
+        value = copy / name if key == "model.weights" else copy
+        _fails_in_one_line([f"{key}={value}"], tmp_path, capsys, f"{key}={copy / name}", "sha256", "manifest.json")
+
+    loose = tmp_path / "loose"  # no manifest beside it: the header still has to hold up
+    loose.mkdir()
+    (loose / "teacher.safetensors").write_bytes((WEIGHTS / "teacher.safetensors").read_bytes()[:100_000])
+    _fails_in_one_line([f"model.weights={loose / 'teacher.safetensors'}"], tmp_path, capsys, "not a readable safetensors file")
+    _fails_in_one_line(["model.unet.block_out_channels=[16,32]"], tmp_path, capsys, "model.weights=", "another architecture", "shape")

@@ -101,6 +101,27 @@ def test_missing_inception_weights_name_the_path(tmp_path, monkeypatch):
         inception("clean", torch.device("cpu"))
 
 
+def test_clean_fid_inception_is_read_from_the_users_hub_folder_never_a_shared_one(tmp_path, monkeypatch):
+    """clean-fid reads its TorchScript Inception (code, not only weights) from /tmp, where anyone
+    can plant it: the harness reads it from torch's hub folder and refuses a file or folder
+    others can write."""
+    from harness.metrics.backbones import _owned_by_us, inception_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert inception_weights("clean") == tmp_path / "hub" / "checkpoints" / "inception-2015-12-05.pt"
+    planted = tmp_path / "hub" / "checkpoints" / "inception-2015-12-05.pt"
+    planted.parent.mkdir(parents=True)
+    planted.write_bytes(b"not torchscript")
+    planted.chmod(0o644)
+    planted.parent.chmod(0o755)
+    _owned_by_us(planted)  # ours, writable by us only
+    for target in (planted, planted.parent):
+        target.chmod(0o777 if target.is_dir() else 0o666)
+        with pytest.raises(MissingInputError, match="writable by others"):
+            inception("clean", torch.device("cpu"))
+        target.chmod(0o755 if target.is_dir() else 0o644)
+
+
 def test_missing_clip_backbone_names_the_path(tmp_path):
     with pytest.raises(MissingInputError, match=f"CLIP backbone not found at {tmp_path}"):
         ClipEmbedder(tmp_path, torch.device("cpu"))

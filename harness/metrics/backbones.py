@@ -8,7 +8,7 @@ weights at first use; here a missing file fails in one line naming where it was 
 
 from __future__ import annotations
 
-import platform
+import os
 from pathlib import Path
 
 import torch
@@ -23,8 +23,8 @@ FID_MODES = ("legacy_pytorch", "clean")
 def inception_weights(mode: str) -> Path:
     if mode == "legacy_pytorch":
         return Path(torch.hub.get_dir()) / "checkpoints" / PYTORCH_FID_WEIGHTS
-    if mode == "clean":
-        return Path("./" if platform.system() == "Windows" else "/tmp") / TORCHSCRIPT_INCEPTION
+    if mode == "clean":  # beside legacy_pytorch's file, not in clean-fid's shared /tmp
+        return Path(torch.hub.get_dir()) / "checkpoints" / TORCHSCRIPT_INCEPTION
     raise MissingInputError(f"fid_mode={mode!r} is not accepted: one of {', '.join(FID_MODES)}")
 
 
@@ -35,9 +35,27 @@ def require_inception(mode: str) -> Path:
     return path
 
 
+def _owned_by_us(path: Path) -> None:
+    """TorchScript is code: load it only from a file that no other user could have put or
+    changed there (owned by us or root, not group/world-writable, nor its folder)."""
+    for p in (path, path.parent):
+        st = p.stat()
+        if st.st_uid not in (os.getuid(), 0) or st.st_mode & 0o022:
+            raise MissingInputError(f"{p} is owned by uid {st.st_uid} or writable by others (mode {st.st_mode & 0o777:o}): "
+                                    f"refusing to load TorchScript from it; keep {path.name} in a folder only you can write")
+
+
 def inception(mode: str, device: torch.device):
-    """clean-fid's Inception feature extractor for `mode`, without any download."""
-    require_inception(mode)
+    """clean-fid's Inception feature extractor for `mode`, without any download. The clean
+    mode's TorchScript file is read from torch's hub folder (clean-fid itself would take
+    /tmp/inception-2015-12-05.pt, a path anyone on the machine can plant)."""
+    path = require_inception(mode)
+    if mode == "clean":
+        from cleanfid.inception_torchscript import InceptionV3W
+
+        _owned_by_us(path)
+        model = InceptionV3W(str(path.parent), download=False, resize_inside=False).to(device).eval()
+        return lambda x: model(x)
     from cleanfid.features import build_feature_extractor
 
     return build_feature_extractor(mode, device, use_dataparallel=False)

@@ -28,7 +28,21 @@ def world_weights(path: str | Path | None, key: str = "--weights") -> Path:
     for name in FILES:
         if not (folder / name).is_file():
             raise MissingInputError(f"{key}={folder}: missing {name} (build the world backbones with python -m harness.world.build)")
+    from harness.weights import verify
+
+    for name in FILES:
+        verify(folder / name, key, lambda name=name: backbone_shapes()[name])
     return folder
+
+
+def backbone_shapes() -> dict[str, dict[str, list[int]]]:
+    """Tensor names and shapes of each backbone file (modules built on the meta device)."""
+    from harness.models.tiny import _modules, tiny_config
+
+    with torch.device("meta"):
+        _, text_encoder, _ = _modules(tiny_config())
+        modules = {FILES[0]: WorldClip(text_encoder), FILES[1]: StyleDescriptor()}
+    return {name: {k: list(v.shape) for k, v in m.state_dict().items()} for name, m in modules.items()}
 
 
 _REFERENCES: dict = {}

@@ -5,6 +5,7 @@ cores. The tokenizer is a word-level tokenizer over the world's vocabulary."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -44,8 +45,8 @@ def build_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
     )
 
 
-def build_tiny(cfg: DictConfig) -> DiffusionParts:
-    """Build every part from `cfg` (the `model` config group) with a fixed init seed."""
+def _modules(cfg: DictConfig):
+    """The tokenizer, text encoder and UNet of `cfg`, randomly initialised (fixed seed)."""
     tokenizer = build_tokenizer(cfg.text_encoder.max_length)
     torch.manual_seed(cfg.init_seed)
     text_encoder = CLIPTextModel(
@@ -67,6 +68,22 @@ def build_tiny(cfg: DictConfig) -> DiffusionParts:
         cross_attention_dim=cfg.text_encoder.hidden_size,
         **unet_config,
     )
+    return tokenizer, text_encoder, unet
+
+
+def teacher_shapes(cfg: DictConfig) -> dict[str, list[int]]:
+    """The tensor names and shapes a teacher file for `cfg` holds (built on the meta device:
+    nothing is allocated)."""
+    with torch.device("meta"):
+        _, text_encoder, unet = _modules(cfg)
+    shapes = {f"unet.{k}": list(v.shape) for k, v in unet.state_dict().items()}
+    shapes.update({f"text_encoder.{k}": list(v.shape) for k, v in text_encoder.state_dict().items()})
+    return shapes
+
+
+def build_tiny(cfg: DictConfig) -> DiffusionParts:
+    """Build every part from `cfg` (the `model` config group) with a fixed init seed."""
+    tokenizer, text_encoder, unet = _modules(cfg)
     weights = teacher_weights(cfg)
     if weights is not None:
         _load_weights(weights, unet, text_encoder)
@@ -98,7 +115,10 @@ def teacher_weights(cfg: DictConfig) -> Path | None:
         return None
     if not path.is_file():
         raise MissingInputError(f"model.weights={path}: no such file (a teacher.safetensors of trained world weights; build one with python -m harness.world.build)")
-    return path
+    from harness.weights import verify
+
+    architecture = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str)
+    return verify(path, "model.weights", lambda: teacher_shapes(cfg), architecture)
 
 
 def _load_weights(path: Path, unet, text_encoder) -> None:

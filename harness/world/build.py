@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from harness.data.streams import BatchStream
 from harness.env import cpu_name
+from harness.files import write_atomic, write_via
 from harness.data.world import RenderedSet
 from harness.losses import diffusion_target, min_snr_weights, noisy_inputs, weighted_mse
 from harness.trainer import Optim, Stage, Trainer, TrainConfig
@@ -241,14 +242,14 @@ def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip",
 
     def write_manifest() -> None:  # after every part: an interrupted build keeps what it finished
         manifest["checksums"] = {p.name: _checksum(p) for p in sorted(out.glob("*.safetensors"))}
-        manifest_path.write_text(json.dumps(manifest, indent=1))
+        write_atomic(manifest_path, json.dumps(manifest, indent=1))
 
     trainer = Trainer(TrainConfig(seed=recipe.seed, checkpoint_every=recipe.checkpoint_every, log_every=50, precision="fp32"), device, log)
 
     clip = WorldClip(parts.text_encoder.requires_grad_(True)).to(device)
     if "clip" in parts_wanted:
         timing = trainer.fit(ClipStage(clip, parts.tokenizer, pool, recipe, alphas), work / "clip")
-        save_file({k: v.contiguous().cpu() for k, v in clip.state_dict().items()}, str(out / "world_clip.safetensors"))
+        write_via(out / "world_clip.safetensors", lambda tmp: save_file({k: v.contiguous().cpu() for k, v in clip.state_dict().items()}, str(tmp)))
         manifest["world_clip"] = {"steps": recipe.clip_steps, "seconds": timing["seconds_total"]}
         write_manifest()
     else:
@@ -258,7 +259,7 @@ def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip",
     style = StyleDescriptor().to(device)
     if "style" in parts_wanted:
         timing = trainer.fit(StyleStage(style, pool, recipe, alphas), work / "style")
-        save_file({k: v.contiguous().cpu() for k, v in style.state_dict().items()}, str(out / "style_descriptor.safetensors"))
+        write_via(out / "style_descriptor.safetensors", lambda tmp: save_file({k: v.contiguous().cpu() for k, v in style.state_dict().items()}, str(tmp)))
         manifest["style_descriptor"] = {"steps": recipe.style_steps, "seconds": timing["seconds_total"]}
     else:
         style.load_state_dict(load_file(str(out / "style_descriptor.safetensors")))
@@ -273,7 +274,7 @@ def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip",
         timing = trainer.fit(stage, work / "teacher")
         state = {f"unet.{k}": v for k, v in stage.ema.state_dict().items()}
         state.update({f"text_encoder.{k}": v for k, v in parts.text_encoder.state_dict().items()})
-        save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(out / "teacher.safetensors"))
+        write_via(out / "teacher.safetensors", lambda tmp: save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(tmp)))
         manifest["teacher"] = {"steps": recipe.teacher_steps, "seconds": timing["seconds_total"]}
         parts.to(torch.device("cpu"))
         teacher = stage.ema.cpu().eval()
