@@ -13,13 +13,13 @@ import json
 import logging
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from harness import numerics
-from harness.files import write_atomic
+from harness.files import file_mode, write_atomic
 
 log = logging.getLogger("harness")
 
@@ -49,6 +49,9 @@ class Tracker:
         # Fail fast when a tracking server is down (MLflow's default retries take minutes).
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        # MLflow prints a "View run" link to stdout per finished run on a server: the harness's
+        # stdout is its tables and summaries (and backfill's JSON)
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.uri = tracking_uri(cfg)
         self.out_dir = Path(cfg.out_dir).resolve()
         self.experiment_name = cfg.tracking.experiment
@@ -60,6 +63,13 @@ class Tracker:
         self.artifact_root = local if not server or cfg.tracking.get("artifacts", "auto") == "out_dir" else None
         self.enabled = bool(cfg.tracking.enabled)
         self._client, self._experiment_id, self.down = None, None, False
+        self._lock_depth = 0
+        # SQLite takes one writer at a time: concurrent sweeps on one out_dir meet "database is
+        # locked" unless their calls take turns (a server serialises them itself)
+        self._serialise = self.uri.startswith("sqlite:")
+        # the lock: beside a SQLite store (whichever out_dirs share it), else in out_dir
+        db = self.uri.removeprefix("sqlite:///")
+        self.lock_path = Path("/" + db.lstrip("/") + ".lock") if self._serialise else self.out_dir / ".tracking.lock"
 
     def call(self, what: str, fn, *args, **kwargs):
         """Run an MLflow call; on failure, log once and carry on without tracking. `fn` is a
@@ -68,9 +78,10 @@ class Tracker:
         if not self.enabled or self.down:
             return None
         try:
-            if isinstance(fn, str):
-                fn = getattr(self._connect(), fn)
-            return fn(*args, **kwargs)
+            with self._store_lock() if self._serialise else nullcontext():
+                if isinstance(fn, str):
+                    fn = getattr(self._connect(), fn)
+                return fn(*args, **kwargs)
         except Exception as exc:  # any tracking failure must not fail the cell
             self.down = True
             log.warning("MLflow unavailable at %s (%s: %s); results stay on disk, run `python -m harness.backfill` later", self.uri, what, exc)
@@ -82,12 +93,21 @@ class Tracker:
         while a run is looked up and created: two sweeps started at once on a new out_dir
         otherwise both create the SQLite schema (one fails: 'table alembic_version already
         exists') or both create a run for the same cell."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / ".tracking.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        if self._lock_depth:  # re-entrant: flock on a second descriptor would wait on ourselves
+            self._lock_depth += 1
             try:
                 yield
             finally:
+                self._lock_depth -= 1
+            return
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _connect(self):
@@ -98,6 +118,10 @@ class Tracker:
                 client = MlflowClient(tracking_uri=self.uri)
                 exp = client.get_experiment_by_name(self.experiment_name)
                 self._experiment_id = exp.experiment_id if exp else client.create_experiment(self.experiment_name, artifact_location=self.artifact_root)
+                if self._serialise:  # SQLite makes its file 0644 whatever the umask: the out_dir's policy instead
+                    db = self.lock_path.with_suffix("")
+                    if db.is_file() and db.stat().st_uid == os.getuid():
+                        os.chmod(db, file_mode())
             if exp and self.artifact_root and exp.artifact_location.rstrip("/") != self.artifact_root.rstrip("/"):
                 # an experiment's artifact location is fixed when it is created
                 log.warning("MLflow experiment %r keeps its artifacts at %s (set when it was created), not %s: "

@@ -43,3 +43,22 @@ def test_cell_folder_lives_under_out_dir(tmp_path):
     cell = Cell(compose([f"out_dir={tmp_path}"]))
     assert cell.dir == tmp_path / "cells" / cell.id
     assert cell.state() == "new"
+
+
+def test_every_file_under_out_dir_gets_the_umasks_mode(tmp_path):
+    """One permission policy: with a lab's umask 002 every file a cell writes (weights,
+    checkpoints, metrics, MLflow store and artifacts) is 0664; safetensors alone wrote 0600."""
+    import os
+    import stat
+
+    from harness.runner import run_cell
+
+    before = os.umask(0o002)
+    try:
+        run_cell(compose(["finetune.steps=4", "runtime.checkpoint_every=2", "eval.backbone=none"], out_dir=tmp_path))
+    finally:
+        os.umask(before)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "student.safetensors" for p in files) and any(p.suffix == ".pt" for p in files)
+    wrong = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files if stat.S_IMODE(p.stat().st_mode) != 0o664}
+    assert not wrong, wrong

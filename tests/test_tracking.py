@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from harness.backfill import backfill
 from harness.runner import run_cell
-from tests.conftest import compose
+from tests.conftest import REPO, SMALL, SMALL_WORLD, compose, run_cli
 
 
 def runs(out):
@@ -81,3 +88,116 @@ def test_a_resumed_cell_logs_every_metric_step_once(tmp_path, monkeypatch):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
         assert len(steps) == len(set(steps)), (key, steps)
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "finetune/lower/loss")) == [10, 20, 30, 40, 50, 60]
+
+
+# Three small cells without image metrics: these tests are about what reaches MLflow.
+THREE_CELLS = ["harness", "-m", "seed=0,1,2", *SMALL_WORLD, *SMALL, "finetune.steps=40", "runtime.checkpoint_every=10",
+               "tracking.flush_every_s=0", "eval.backbone=none"]
+
+
+@contextmanager
+def mlflow_server(store: Path, port: int):
+    """`mlflow server` on 127.0.0.1 with a SQLite store; stopped with its worker processes."""
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}",
+                             "--default-artifact-root", (store.parent / "artifacts").as_uri(), "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, "mlflow server exited"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow server did not answer"
+                time.sleep(0.5)
+        yield proc
+    finally:
+        stop(proc)
+
+
+def stop(proc) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=20)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+
+
+def child_runs(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("harness")
+    found = client.search_runs([exp.experiment_id])
+    parents = [r for r in found if "harness.sweep_id" in r.data.tags]
+    children = [r for r in found if "harness.cell_id" in r.data.tags]
+    return parents, children
+
+
+def test_a_tracking_server_killed_mid_sweep_costs_a_warning_and_backfill_catches_up(tmp_path):
+    """The server dies while the first of three cells trains: the sweep exits 0 with every cell
+    COMPLETED and a warning; with the server back, backfill gives one run per cell, each under
+    the sweep's parent run, and running it again changes nothing."""
+    from analysis.ui import free_port
+
+    out, store, port = tmp_path / "out", tmp_path / "server" / "mlflow.db", free_port()
+    store.parent.mkdir()
+    uri = f"http://127.0.0.1:{port}"
+    with mlflow_server(store, port) as server:
+        sweep = subprocess.Popen([sys.executable, "-m", *THREE_CELLS, f"tracking.uri={uri}", f"out_dir={out}"], cwd=REPO,
+                                 env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        while not any('"run_id"' in p.read_text() for p in out.glob("cells/*/tracking.json")):  # a cell is being tracked
+            assert sweep.poll() is None and time.monotonic() < deadline, "no cell reached MLflow"
+            time.sleep(0.2)
+        stop(server)
+        stdout, stderr = sweep.communicate(timeout=600)
+    assert sweep.returncode == 0, stderr[-3000:]
+    cells = list((out / "cells").iterdir())
+    assert len(cells) == 3 and all((c / "COMPLETED").exists() for c in cells)
+    assert "MLflow unavailable" in stderr + "".join((c / "train.log").read_text() for c in cells)
+
+    with mlflow_server(store, port):
+        for _ in range(2):
+            summary = run_cli(["harness.backfill", f"out_dir={out}", f"tracking.uri={uri}"])
+            assert summary.returncode == 0, summary.stderr[-2000:]
+            assert json.loads(summary.stdout)["cells_synced"] == 3
+        parents, children = child_runs(uri)
+    assert len(parents) == 1 and len(children) == 3
+    assert {r.data.tags["harness.cell_id"] for r in children} == {c.name for c in cells}
+    assert all(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id for r in children)
+    assert all(r.info.status == "FINISHED" for r in [*parents, *children])
+
+
+def test_two_identical_sweeps_started_at_once_share_the_work_and_the_store(tmp_path):
+    """Both on a new out_dir at the same moment: both exit 0, each cell is trained once (one
+    attempt), MLflow has one parent and one run per cell linked to it, and the SQLite store
+    passes its integrity check."""
+    import sqlite3
+
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    sweeps = [subprocess.Popen([sys.executable, "-m", *THREE_CELLS, f"out_dir={out}"], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for sweep in sweeps:
+        _, stderr = sweep.communicate(timeout=900)
+        assert sweep.returncode == 0, stderr[-3000:]
+        assert "MLflow unavailable" not in stderr, stderr[-3000:]
+    cells = list((out / "cells").iterdir())
+    assert len(cells) == 3
+    for cell in cells:
+        attempts = json.loads((cell / "environment.json").read_text())["attempts"]
+        assert [a["ended"] for a in attempts] == ["completed"], attempts
+    parents, children = child_runs(f"sqlite:///{out / 'mlflow.db'}")
+    assert len(parents) == 1 and len(children) == 3
+    assert all(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id for r in children)
+    with sqlite3.connect(out / "mlflow.db") as db:
+        assert db.execute("pragma integrity_check").fetchone() == ("ok",)
+    for sweep_json in out.glob("sweeps/*/sweep.json"):
+        json.loads(sweep_json.read_text())  # whole, not interleaved
