@@ -29,6 +29,8 @@ class Method(ABC):
     # change what it trains.
     common_sections: ClassVar[tuple[str, ...]] = COMMON_SECTIONS
     sections: ClassVar[tuple[str, ...]] = ()
+    # The method's own config keys (`method.<key>`) with their types and ranges (harness/schema.py)
+    keys: ClassVar[dict] = {}
     prunes: ClassVar[bool] = True  # False: the cell evaluates the unpruned teacher itself
     erases: ClassVar[bool] = True  # False: the cell is a reference for every concept set
 
@@ -38,7 +40,8 @@ class Method(ABC):
 
     @classmethod
     def validate(cls, cfg) -> None:
-        """Check this method's own config keys; raise ConfigError naming the bad one."""
+        """Cross-key rules of this method (each key's type and range: `keys`); raise
+        ConfigError naming the bad value."""
 
     @classmethod
     def trained_steps(cls, cfg) -> int | None:

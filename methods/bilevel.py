@@ -32,8 +32,8 @@ import copy
 
 import torch
 
-from harness.errors import ConfigError
-from harness.method import Method, check_positive, register
+from harness import schema as S
+from harness.method import Method, register
 from harness.trainer import Optim, Stage
 from methods import erasers
 
@@ -130,22 +130,20 @@ class PenaltyStage(AlternatingStage):
 class Bilevel(Method):
     name = "bilevel"
     sections = ("concepts", "eraser")
+    keys = {
+        "solver": S.choice(*SOLVERS),
+        "K": S.positive_int(),  # lower steps per upper step
+        "upper_lr": S.positive(),
+        "upper_batch_size": S.positive_int(),
+        "upper_warmup_steps": S.count(),
+        "upper_params": S.choice(*erasers.PARAM_SUBSETS["esd"]),
+        "x_source": S.choice(*erasers.X_SOURCES),
+        "lam": S.non_negative(),  # λ of the penalty solver
+    }
 
     @classmethod
     def validate(cls, cfg) -> None:
         erasers.validate(cfg)
-        m = cfg.method
-        if m.solver not in SOLVERS:
-            raise ConfigError("method.solver", m.solver, f"one of {', '.join(SOLVERS)}")
-        check_positive(cfg, "method.K", int)
-        check_positive(cfg, "method.upper_lr")
-        check_positive(cfg, "method.upper_batch_size", int)
-        check_positive(cfg, "method.upper_warmup_steps", int, allow_zero=True)
-        check_positive(cfg, "method.lam", allow_zero=True)
-        if m.upper_params not in erasers.PARAM_SUBSETS["esd"]:
-            raise ConfigError("method.upper_params", m.upper_params, ", ".join(erasers.PARAM_SUBSETS["esd"]))
-        if m.x_source not in erasers.X_SOURCES:
-            raise ConfigError("method.x_source", m.x_source, ", ".join(erasers.X_SOURCES))
 
     def stages(self):
         # The upper objective's reference is the frozen ORIGINAL (unpruned) teacher.

@@ -24,7 +24,6 @@ from torch import nn
 from harness.concepts import Concept
 from harness.errors import ConfigError
 from harness.losses import ablation_target, esd_target, noisy_inputs, weighted_mse
-from harness.method import check_positive
 from harness.sampling import sample
 from harness.trainer import Optim, Stage
 
@@ -38,23 +37,30 @@ SAMPLER_MODELS = ("frozen", "trained")
 LAYERS = ("all", "linear_conv")
 
 
+def keys() -> dict[str, dict]:
+    """Each eraser's config keys (`eraser.<key>`) with their types and ranges (harness/schema.py)."""
+    from harness import schema as S
+
+    def common(name: str) -> dict:
+        return {
+            "params": S.choice(*PARAM_SUBSETS[name]),
+            "lr": S.positive(),
+            "steps": S.count(),  # two-stage eraser iterations
+            "batch_size": S.positive_int(),
+            "x_source": S.choice(*X_SOURCES),
+            "sampler_steps": S.positive_int(),
+            "sampler_guidance": S.positive(),
+            "sampler_model": S.choice(*SAMPLER_MODELS),
+            "layers": S.choice(*LAYERS),
+        }
+
+    return {"esd": {"eta": S.non_negative(), **common("esd")}, "concept_ablation": common("concept_ablation")}
+
+
 def validate(cfg) -> None:
-    er = cfg.eraser
-    if er.name not in ERASERS:
-        raise ConfigError("eraser", er.name, f"one of {', '.join(ERASERS)}")
-    if er.params not in PARAM_SUBSETS[er.name]:
-        raise ConfigError("eraser.params", er.params, f"for {er.name}: {', '.join(PARAM_SUBSETS[er.name])}")
-    check_positive(cfg, "eraser.lr")
-    check_positive(cfg, "eraser.steps", int, allow_zero=True)
-    check_positive(cfg, "eraser.batch_size", int)
-    check_positive(cfg, "eraser.sampler_steps", int)
-    check_positive(cfg, "eraser.sampler_guidance")
-    if er.sampler_model not in SAMPLER_MODELS:
-        raise ConfigError("eraser.sampler_model", er.sampler_model, f"one of {', '.join(SAMPLER_MODELS)}")
-    if er.layers not in LAYERS:
-        raise ConfigError("eraser.layers", er.layers, f"one of {', '.join(LAYERS)}")
-    if er.name == "esd":
-        check_positive(cfg, "eraser.eta", allow_zero=True)
+    """The eraser's keys are checked by their declarations (`keys`); nothing spans keys yet."""
+    if cfg.eraser.name not in ERASERS:
+        raise ConfigError("eraser", cfg.eraser.name, f"one of {', '.join(ERASERS)}")
 
 
 def parameter_subset(unet: nn.Module, which: str, layers: str = "all") -> list[nn.Parameter]:

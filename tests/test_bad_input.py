@@ -33,11 +33,24 @@ CASES = {
     "unknown key": (["finetune.stepz=3"], "finetune.stepz", "+finetune.stepz"),
     "reproducible not a boolean": (["runtime.reproducible=maybe"], "runtime.reproducible='maybe'", "true or false"),
     "zero threads": (["runtime.threads=0"], "runtime.threads=0", "> 0"),
-    "unknown evaluation sampler": (["eval.sampler=euler"], "eval.sampler='euler'", "ddim or pndm"),
-    "unknown evaluation concepts": (["eval.concepts=some"], "eval.concepts='some'", "all, set or auto"),
+    "unknown evaluation sampler": (["eval.sampler=euler"], "eval.sampler='euler'", "ddim, pndm"),
+    "unknown evaluation concepts": (["eval.concepts=some"], "eval.concepts='some'", "auto, all, set"),
     "no reference images": (["eval.reference_images=0"], "eval.reference_images=0", "> 0"),
     "unknown x_t sampler model": (["method=two_stage", "eraser.sampler_model=ema"], "eraser.sampler_model='ema'", "frozen, trained"),
     "unknown eraser layers": (["method=two_stage", "eraser.layers=conv"], "eraser.layers='conv'", "all, linear_conv"),
+    # issue 14: every key checked before a job starts
+    "unknown device": (["runtime.device=bogus"], "runtime.device='bogus'", "auto, cpu, cuda, cuda:<index>"),
+    "negative workers": (["runtime.num_workers=-1"], "runtime.num_workers=-1", "an integer ≥ 0"),
+    "checkpoints to keep not a number": (["runtime.keep_checkpoints=abc"], "runtime.keep_checkpoints='abc'", "an integer > 0"),
+    "no checkpoints kept": (["runtime.keep_checkpoints=0"], "runtime.keep_checkpoints=0", "an integer > 0"),
+    "caption dropout not a number": (["finetune.caption_dropout=abc"], "finetune.caption_dropout='abc'", "a number in [0, 1)"),
+    "empty out_dir": (["out_dir="], "out_dir=''", "a writable folder"),
+    "out_dir under /proc": (["out_dir=/proc/harness-out"], "out_dir='/proc/harness-out'", "pseudo file system"),
+    "a key no method declares": (["++method.KK=5"], "method.KK=5", "no method declares method.KK (bilevel declares solver, K"),
+    "a key no eraser declares": (["method=two_stage", "++eraser.etaa=1"], "eraser.etaa=1", "esd declares eta"),
+    "an undeclared key": (["++finetune.new_knob=1"], "finetune.new_knob=1", "not a config key"),
+    "float steps": (["finetune.steps=5.5"], "finetune.steps=5.5", "an integer ≥ 0"),
+    "unknown artifact store": (["tracking.artifacts=s3"], "tracking.artifacts='s3'", "auto, out_dir"),
 }
 
 
@@ -49,7 +62,7 @@ def test_bad_input_fails_in_one_line_before_anything_starts(case, tmp_path, caps
     args, names, accepted = CASES[case]
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
-        check([*args, f"out_dir={out}"])
+        check([f"out_dir={out}", *args])  # (a case's own out_dir comes last and wins)
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert exit_info.value.code == 2
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
@@ -72,11 +85,35 @@ def _fails_in_one_line(args, tmp_path, capsys, *wanted):
 
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
-        check([*args, f"out_dir={out}"])
+        check([f"out_dir={out}", *args])
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
     assert all(w in lines[0] for w in wanted), lines[0]
     assert not out.exists()
+
+
+def test_out_dir_that_is_a_file_or_read_only_fails_before_anything_starts(tmp_path, capsys):
+    """A regular file, a folder under a file, and a read-only folder (as a user without write
+    permission sees it: root writes anywhere, so the check runs as `nobody` there)."""
+    import os
+    import subprocess
+
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("not a folder")
+    for value in (a_file, a_file / "out"):
+        _fails_in_one_line([f"out_dir={value}"], tmp_path, capsys, f"out_dir='{value}'", "a writable folder", "not a folder")
+    read_only = tmp_path / "ro"
+    read_only.mkdir(mode=0o555)  # a user without write permission is refused by the mode bits
+    mounted = os.geteuid() == 0  # root ignores them: a read-only mount, as on a shared cluster's read-only share
+    if mounted:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"root without mount permission here: {done.stderr.strip()}")
+    try:
+        _fails_in_one_line([f"out_dir={read_only / 'out'}"], tmp_path, capsys, "a writable folder", "Read-only file system" if mounted else "Permission denied")
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(read_only)], check=False)
 
 
 def test_weights_are_verified_before_anything_starts(tmp_path, capsys):

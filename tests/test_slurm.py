@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -353,3 +354,50 @@ def test_a_gpu_request_reaches_the_job_which_trains_data_parallel(cluster, tmp_p
     b = load_file(tmp_path / "slurm" / "cells" / cell / "student.safetensors")
     cfg = compose(args)
     assert max((a[k] - b[k]).abs().max().item() for k in a) < order_of_sums_tolerance((cfg.finetune.lr, cfg.finetune.steps))
+
+
+def test_the_local_cluster_is_private_and_listens_on_loopback_only(cluster):
+    """Its folder is 0700; the munge key, the database password and slurmdbd.conf 0600; every
+    daemon's TCP socket on 127.0.0.1; the database's root has no password login over TCP."""
+    folder = Path(cluster["SLURM_CONF"]).parent.parent
+    assert folder.stat().st_mode & 0o777 == 0o700
+    for secret in ("munge/munge.key", "etc/db.secret", "etc/slurmdbd.conf"):
+        assert (folder / secret).stat().st_mode & 0o777 == 0o600, secret
+    pids = [int(line.split()[1]) for line in (folder / "pids").read_text().splitlines()]
+    listening = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines()
+    ours = [line for line in listening if any(f"pid={pid}," in line for pid in pids)]
+    assert len(ours) >= 4, listening  # slurmctld, slurmd, slurmdbd, mariadbd
+    assert all(line.split()[3].startswith("127.0.0.1:") for line in ours), ours
+    port = next(line.split()[3].split(":")[1] for line in ours if "mariadbd" in line)
+    root = subprocess.run(["mariadb", "-h127.0.0.1", f"-P{port}", "-uroot", "-e", "select 1"], capture_output=True, text=True)
+    assert root.returncode != 0 and "denied" in root.stderr, root.stderr
+
+
+def test_the_local_cluster_refuses_a_folder_others_could_have_prepared(tmp_path):
+    """A symlink, a folder open to others, a folder of another user: refused before anything
+    starts; stop.sh signals no recorded PID that is not one of the cluster's own daemons."""
+    start, stop = REPO / "slurm" / "cluster" / "start.sh", REPO / "slurm" / "cluster" / "stop.sh"
+    target = tmp_path / "target"
+    target.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(target)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    for folder, why in ((tmp_path / "link", "symbolic link"), (shared, "others can reach it"), (theirs, "belongs to uid 65534")):
+        done = subprocess.run([str(start), str(folder)], capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0 and why in done.stderr, done.stdout + done.stderr
+        assert not (folder / "pids").exists() and not any(target.iterdir())
+
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o700)
+    planted = subprocess.Popen(["sleep", "300"])  # a PID recorded under a daemon's name
+    try:
+        (mine / "pids").write_text(f"slurmctld {planted.pid}\nmunged 1\n")
+        done = subprocess.run([str(stop), str(mine)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "left alone" in done.stdout, done.stdout + done.stderr
+        assert planted.poll() is None
+    finally:
+        planted.kill()

@@ -3,14 +3,22 @@
 # munge, a private MariaDB, slurmdbd, slurmctld and slurmd, all bound to 127.0.0.1, all state
 # under one folder, two fake GPUs (GRES). Needs root (Debian: installs its packages if missing).
 #
-#   slurm/cluster/start.sh [DIR]     DIR defaults to $HARNESS_SLURM_DIR or /tmp/harness-slurm
+#   slurm/cluster/start.sh [DIR]     DIR: $HARNESS_SLURM_DIR, else ${XDG_RUNTIME_DIR:-~/.cache}/harness-slurm
 #   source DIR/env.sh                then sbatch / squeue / sacct / python -m harness launcher=slurm
-#   slurm/cluster/stop.sh [DIR]      stops only the PIDs this script started
+#   slurm/cluster/stop.sh [DIR]      stops only the daemons this script started
+#
+# Safe on a shared machine: DIR is private (made 0700; one that is a symlink, belongs to
+# another user or is open to others is refused), so nothing in it can be planted; a fresh
+# munge key at every start; the database's root logs in by unix socket only (in DIR) and the
+# accounting user has a generated password kept 0600 in DIR; every daemon listens on
+# 127.0.0.1; stop.sh signals only processes it verifies as this cluster's daemons.
 #
 # Cold start ~20 s, restart with state kept ~3 s (measured: README). Requeue latency is cut to
 # seconds (cred_expire=10, sched_interval=2): SLURM's default holds a requeued job ~120 s.
 set -euo pipefail
-DIR=$(realpath -m "${1:-${HARNESS_SLURM_DIR:-/tmp/harness-slurm}}")
+umask 077
+. "$(dirname "$0")/lib.sh"
+DIR=$(cluster_dir "${1:-}")
 HOST=$(hostname -s)
 PORT_CTLD=${HARNESS_SLURM_PORT:-16817}
 PORT_D=$((PORT_CTLD + 1)) PORT_DBD=$((PORT_CTLD + 2)) PORT_DB=$((PORT_CTLD + 3))
@@ -20,6 +28,7 @@ start=$(date +%s%N)
 say() { echo "slurm-local: $*"; }
 die() { echo "slurm-local: error: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "needs root (the daemons run as SlurmUser=root)"
+check_private_dir "$DIR" || exit 1
 
 if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null || ! command -v mariadbd >/dev/null; then
   say "installing slurmctld slurmd slurmdbd munge mariadb-server"
@@ -30,13 +39,17 @@ fi
 
 all_alive() {
   [ -s "$DIR/pids" ] || return 1
-  while read -r _ pid; do kill -0 "$pid" 2>/dev/null || return 1; done < "$DIR/pids"
+  while read -r name pid; do is_ours "$name" "$pid" || return 1; done < "$DIR/pids"
 }
 if all_alive; then say "already running in $DIR; source $DIR/env.sh"; exit 0; fi
 [ -f "$DIR/pids" ] && "$(dirname "$0")/stop.sh" "$DIR" >/dev/null
+mkdir -p -m 0700 "$DIR"
+chmod 0700 "$DIR"
 mkdir -p "$DIR"/{etc,state,spool,log,run,munge,db,dev}
-: > "$DIR/pids"
-chmod 0700 "$DIR/munge"
+write() {  # FILE: stdin into FILE, never through a link left in its place
+  rm -f "$1" && (set -C; cat > "$1")
+}
+write "$DIR/pids" < /dev/null
 SOCKET="$DIR/munge/munge.socket"
 
 launch() {  # name, command...: run in the foreground of its own session, remember its PID
@@ -50,31 +63,36 @@ wait_for() {  # what, seconds, test command...
   die "$what did not come up in ${limit} s (logs: $DIR/log)"
 }
 
-# munge: its own key and socket, so nothing of the host's is touched
-[ -f "$DIR/munge/munge.key" ] || { dd if=/dev/urandom of="$DIR/munge/munge.key" bs=1024 count=1 status=none; chmod 0600 "$DIR/munge/munge.key"; }
+# munge: its own key (fresh at every start: nobody else ever held it) and socket
+rm -f "$DIR/munge/munge.key"
+head -c 1024 /dev/urandom | write "$DIR/munge/munge.key"
+chmod 0600 "$DIR/munge/munge.key"
 launch munged munged --foreground --force --socket="$SOCKET" --key-file="$DIR/munge/munge.key" \
   --pid-file="$DIR/run/munged.pid" --log-file="$DIR/log/munged.log" --seed-file="$DIR/munge/munged.seed"
-chmod 0755 "$DIR/munge"
 wait_for munged 10 munge --socket="$SOCKET" -n
 
-# MariaDB for accounting: submitit polls sacct, which needs slurmdbd
+# MariaDB for accounting: submitit polls sacct, which needs slurmdbd. Its root logs in through
+# the unix socket in DIR only; slurmdbd's user has a generated password.
 fresh_db=0
-[ -d "$DIR/db/mysql" ] || { mariadb-install-db --user=root --datadir="$DIR/db" --auth-root-authentication-method=normal >"$DIR/log/mariadb-install.log" 2>&1; fresh_db=1; }
+[ -d "$DIR/db/mysql" ] || { mariadb-install-db --user=root --datadir="$DIR/db" --auth-root-authentication-method=socket >"$DIR/log/mariadb-install.log" 2>&1; fresh_db=1; }
+if [ $fresh_db = 1 ] || [ ! -s "$DIR/etc/db.secret" ]; then
+  head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' | write "$DIR/etc/db.secret"
+fi
+DB_PASS=$(cat "$DIR/etc/db.secret")
 launch mariadbd mariadbd --user=root --datadir="$DIR/db" --socket="$DIR/run/mysql.sock" --port="$PORT_DB" \
   --bind-address=127.0.0.1 --pid-file="$DIR/run/mariadbd.pid" --log-error="$DIR/log/mariadbd.log" --skip-log-bin
 wait_for mariadbd 30 mariadb --socket="$DIR/run/mysql.sock" -uroot -e "select 1"
-if [ $fresh_db = 1 ]; then
-  mariadb --socket="$DIR/run/mysql.sock" -uroot -e "CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurm';
-    CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm';
-    GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
-fi
+mariadb --socket="$DIR/run/mysql.sock" -uroot -e "CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1';
+  ALTER USER 'slurm'@'127.0.0.1' IDENTIFIED BY '$DB_PASS'; DROP USER IF EXISTS 'slurm'@'localhost';
+  GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1'; FLUSH PRIVILEGES;"
 
 # fake GPUs: GRES needs device files, or slurmd drops the node
 for i in $(seq 0 $((GPUS - 1))); do [ -e "$DIR/dev/gpu$i" ] || mknod "$DIR/dev/gpu$i" c 1 3; done
 
-cat > "$DIR/etc/slurm.conf" <<CONF
+write "$DIR/etc/slurm.conf" <<CONF
 ClusterName=harness
 SlurmctldHost=$HOST(127.0.0.1)
+CommunicationParameters=NoInAddrAny,NoCtldInAddrAny
 SlurmctldPort=$PORT_CTLD
 SlurmdPort=$PORT_D
 SlurmUser=root
@@ -111,10 +129,11 @@ NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEMORY_MB Gres=gpu:$GPU
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$HOST MaxTime=INFINITE State=UP
 CONF
-echo "NodeName=$HOST Name=gpu File=$DIR/dev/gpu[0-$((GPUS - 1))]" > "$DIR/etc/gres.conf"
-cat > "$DIR/etc/slurmdbd.conf" <<CONF
+echo "NodeName=$HOST Name=gpu File=$DIR/dev/gpu[0-$((GPUS - 1))]" | write "$DIR/etc/gres.conf"
+write "$DIR/etc/slurmdbd.conf" <<CONF
 AuthType=auth/munge
 AuthInfo=socket=$SOCKET
+CommunicationParameters=NoInAddrAny
 DbdAddr=127.0.0.1
 DbdHost=localhost
 DbdPort=$PORT_DBD
@@ -123,16 +142,17 @@ StorageType=accounting_storage/mysql
 StorageHost=127.0.0.1
 StoragePort=$PORT_DB
 StorageUser=slurm
-StoragePass=slurm
+StoragePass=$DB_PASS
 StorageLoc=slurm_acct_db
 PidFile=$DIR/run/slurmdbd.pid
 LogFile=$DIR/log/slurmdbd.log
 CONF
-chmod 0600 "$DIR/etc/slurmdbd.conf"
-cat > "$DIR/env.sh" <<ENV
+chmod 0600 "$DIR/etc/slurmdbd.conf" "$DIR/etc/db.secret"
+write "$DIR/env.sh" <<ENV
 export SLURM_CONF=$DIR/etc/slurm.conf
 ENV
 export SLURM_CONF="$DIR/etc/slurm.conf"
+chmod 0644 "$DIR/etc/slurm.conf" "$DIR/etc/gres.conf" "$DIR/env.sh"  # readable, inside a 0700 folder
 
 launch slurmdbd slurmdbd -D   # reads slurmdbd.conf beside \$SLURM_CONF
 wait_for slurmdbd 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT_DBD"
