@@ -169,6 +169,12 @@ def test_a_tracking_server_killed_mid_sweep_costs_a_warning_and_backfill_catches
             assert summary.returncode == 0, summary.stderr[-2000:]
             assert json.loads(summary.stdout)["cells_synced"] == 3
         parents, children = child_runs(uri)
+        # another out_dir's cell on the same server: its artifacts go to the server's store too
+        other = run_cli(["harness", *THREE_CELLS[3:], "seed=3", f"tracking.uri={uri}", f"out_dir={tmp_path / 'other'}"])
+        assert other.returncode == 0, other.stderr[-2000:]
+    artifacts = store.parent / "artifacts"
+    assert not (out / "mlartifacts").exists() and not (tmp_path / "other" / "mlartifacts").exists()
+    assert len(list(artifacts.glob("*/*/artifacts/results.json"))) == 4  # the three cells and the other one
     assert len(parents) == 1 and len(children) == 3
     assert {r.data.tags["harness.cell_id"] for r in children} == {c.name for c in cells}
     assert all(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id for r in children)
