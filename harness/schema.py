@@ -346,6 +346,10 @@ def check(cfg: DictConfig) -> None:
     specs, elsewhere = declared(cfg)
     tree = OmegaConf.to_container(cfg, resolve=True)
     tree.pop("hydra", None)
+    if tree.pop("tune", None) is not None:  # a tuning sweep's block: its own grammar (harness/tune/spec.py)
+        from harness.tune.spec import parse
+
+        parse(cfg)
     leaves = dict(_leaves(tree))
     for key, value in leaves.items():
         spec = specs.get(key)

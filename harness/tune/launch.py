@@ -1,0 +1,77 @@
+"""`python -m harness -m sweep=tune_*`: the study's folder, its first trial (the sweep's own
+settings), an MLflow parent run, and `tune.workers` worker processes; then a summary.
+
+Running the same command again resumes the study: its name is its identity (study.py), the
+journal holds every trial told so far, and the workers only ask for what the budget lacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from harness.files import write_atomic
+
+
+def enqueue_defaults(study, spec, cfg: DictConfig) -> None:
+    """The sweep's own setting of every searched key, as the first trial (where it lies in
+    the space): the hand-picked point is measured like any other."""
+    from omegaconf import OmegaConf
+
+    params = {}
+    for p in spec.space:
+        value = OmegaConf.select(cfg, p.key)
+        inside = value in p.choices if p.kind == "choice" else (p.low <= value <= p.high if value is not None else False)
+        if not inside:
+            return
+        params[p.key] = value
+    study.enqueue_trial(params, skip_if_exists=True)
+
+
+def run_tuning(cfg: DictConfig, arguments: list[str]) -> dict:
+    import optuna
+
+    from harness.tracking import SWEEP_TAG, Tracker
+    from harness.tune.spec import parse
+    from harness.tune.study import open_study, study_name
+
+    spec = parse(cfg)
+    name = study_name(cfg, spec)
+    out_dir = Path(cfg.out_dir).resolve()
+    folder = out_dir / "optuna" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    study = open_study(name, spec, folder)
+    if not study.trials:
+        enqueue_defaults(study, spec, cfg)
+    tracker = Tracker(cfg)
+    parent = tracker.get_or_create_run(SWEEP_TAG, name, name, {"harness.sweep": cfg.get("sweep_name"), "optuna.study": name,
+                                                               "optuna.trials": spec.trials})
+    args = [a for a in arguments if not a.startswith("out_dir=")] + [f"out_dir={out_dir}"]
+    if parent:
+        args.append(f"tracking.parent_run_id={parent}")
+    write_atomic(folder / "study.json", json.dumps({"name": name, "arguments": args, "spec": spec.identity(),
+                                                    "trials": spec.trials, "workers": spec.workers}, indent=1))
+    print(f"tune {name}: {spec.trials} trials, {spec.workers} workers, {len(spec.objectives)} objective(s); study in {folder}", flush=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))}
+    workers = [subprocess.Popen([sys.executable, "-m", "harness.tune.worker", str(folder), str(i)], env=env) for i in range(spec.workers)]
+    codes = [w.wait() for w in workers]
+    study = open_study(name, spec, folder)
+    states = {s.name: sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
+    front = [{"trial": t.number, "values": t.values, "params": t.params, "cell": t.user_attrs.get("cell")} for t in study.best_trials]
+    summary = {"study": name, "states": {k: v for k, v in states.items() if v}, "front": front, "workers_exit": codes}
+    write_atomic(folder / "summary.json", json.dumps(summary, indent=1, default=str))
+    if parent:
+        tracker.log_artifact(parent, folder / "summary.json")
+        tracker.log_metrics(parent, [{"time": __import__("time").time(), "step": 0,
+                                      "values": {f"trials_{k.lower()}": v for k, v in states.items()}}])
+        tracker.terminate(parent, "FINISHED" if not any(codes) else "FAILED")
+    print(f"tune {name}: " + ", ".join(f"{v} {k.lower()}" for k, v in summary["states"].items()) + f"; front: {len(front)} trial(s)", flush=True)
+    for point in front:
+        print(f"  trial {point['trial']} (cell {point['cell']}): {dict(zip([m for m, _ in spec.objectives], point['values']))} at {point['params']}", flush=True)
+    if any(codes):
+        sys.exit(1)
+    return summary

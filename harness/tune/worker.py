@@ -1,0 +1,134 @@
+"""One tuning worker: ask a trial, run its cell, tell the result; until the budget is spent.
+
+    python -m harness.tune.worker <study folder> <worker index>
+
+Each trial is a cell like any other (same identity, same folder, same MLflow child run, tagged
+`optuna.study` and `optuna.trial`): a trial whose parameters make a cell that is already
+COMPLETED is told its stored metrics without training, and the per-cell lock keeps two
+workers from training one cell. A worker requeued by SLURM finds the trial it was running
+(its job id is on the trial) and finishes that one first."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from harness.errors import ConfigError, MissingInputError
+
+log = logging.getLogger("harness")
+
+
+def objective_values(spec, results: dict, cfg) -> dict:
+    """A cell's metrics plus the aggregates the tune block may name."""
+    metrics = dict(results["metrics"])
+    for which, names in (("erased", cfg.concepts.erase), ("retained", cfg.concepts.retain)):
+        values = [metrics[f"presence/{n}"] for n in names if f"presence/{n}" in metrics]
+        if values:
+            metrics[f"presence/{which}"] = sum(values) / len(values)
+    return metrics
+
+
+class BudgetLock:
+    """Exclusive between workers while they count trials and ask for one (a lock file made
+    with O_CREAT|O_EXCL, as the journal's own: no fcntl needed on NFS)."""
+
+    def __init__(self, folder: Path):
+        from optuna.storages.journal import JournalFileOpenLock
+
+        self._lock = JournalFileOpenLock(str(folder / "budget"))
+
+    def __enter__(self):
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.release()
+        return False
+
+
+def _tag_run(cfg, cell, study: str, number: int) -> None:
+    from harness.tracking import Tracker
+
+    state = cell.path("tracking.json")
+    if state.exists() and (run_id := json.loads(state.read_text()).get("run_id")):
+        Tracker(cfg).set_tags(run_id, {"optuna.study": study, "optuna.trial": number})
+
+
+def next_trial(study, spec, me: dict, folder: Path):
+    """This worker's own unfinished trial (after a requeue), else a new one if the budget
+    allows (trials that completed, were pruned or are running count against it)."""
+    from optuna.trial import Trial, TrialState
+
+    with BudgetLock(folder):
+        trials = study.get_trials(deepcopy=False)
+        mine = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("worker") == me["worker"]]
+        if mine:
+            return Trial(study, mine[0]._trial_id)
+        spent = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for t in trials)
+        if spent >= spec.trials:
+            return None
+        trial = study.ask()
+        for key, value in me.items():
+            trial.set_user_attr(key, value)
+        return trial
+
+
+def run(folder: Path, index: int) -> int:
+    import optuna
+
+    from harness.app import compose_config, setup_logging
+    from harness.cell import Cell
+    from harness.runner import run_cell
+    from harness.tune.spec import parse
+    from harness.tune.study import open_study, sweep_dead_workers, worker_identity
+    from harness.validate import validate
+
+    setup_logging()
+    info = json.loads((folder / "study.json").read_text())
+    base = compose_config(info["arguments"])
+    spec = parse(base)
+    study = open_study(info["name"], spec, folder, index)
+    me = worker_identity(index)
+    if failed := sweep_dead_workers(study, me["worker"]):
+        log.info("tune %s: trials %s of workers that are gone marked FAIL and queued again", info["name"], failed)
+    told = 0
+    while (trial := next_trial(study, spec, me, folder)) is not None:
+        params = {p.key: p.suggest(trial) for p in spec.space}
+        overrides = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in params.items()]
+        try:
+            cfg = compose_config([*info["arguments"], *overrides])
+            validate(cfg)
+        except (ConfigError, MissingInputError) as exc:
+            log.warning("tune %s: trial %d: %s", info["name"], trial.number, exc)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        cell = Cell(cfg)
+        trial.set_user_attr("cell", cell.id)
+        log.info("tune %s: trial %d (%s) is cell %s", info["name"], trial.number, ", ".join(overrides), cell.id)
+        try:
+            results = run_cell(cfg)
+        except Exception as exc:  # the cell's FAILED marker and log say why; the study goes on
+            log.warning("tune %s: trial %d failed: %s", info["name"], trial.number, exc)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        _tag_run(cfg, cell, info["name"], trial.number)
+        metrics = objective_values(spec, results, cfg)
+        for c in spec.constraints:
+            trial.set_constraint(str(c), c.value(metrics))
+        study.tell(trial, [metrics[m] for m, _ in spec.objectives])
+        told += 1
+    log.info("tune %s: worker %s done (%d trials told)", info["name"], me["worker"], told)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m harness.tune.worker <study folder> <worker index>", file=sys.stderr)
+        return 2
+    return run(Path(argv[0]), int(argv[1]))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,73 @@
+"""Tuning: a bad `tune` block fails in one line before anything starts; two local workers on
+one journal spend the budget exactly, each trial told once, no cell trained twice."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import SMALL, SMALL_WORLD, run_cli
+
+BAD = {
+    "unknown objective metric": (["+tune.objectives.fidd=minimize"], "tune.objectives.fidd", "a metric this sweep's cells report"),
+    "empty space": (["~tune.space"], "tune.space", "at least one config key"),
+    "low not below high": (["tune.space.method.K.int=[40,2]"], "tune.space.method.K.int=[40, 2]", "low < high"),
+    "log scale from zero": (["tune.space.method.upper_lr.float=[0,0.1]"], "tune.space.method.upper_lr.float", "low > 0 on a log scale"),
+    "sqlite with two workers": (["tune.storage=sqlite:///study.db"], "tune.storage='sqlite:///study.db'", "SQLite fails under concurrent writers"),
+    "a key no method declares": (["+tune.space.method.KK={int:[1,3]}"], "tune.space.method.KK", "a declared config key"),
+    "a choice the key refuses": (["tune.space.method.upper_params.choice=[xattn,bogus]"], "method.upper_params='bogus'", "one of xattn, noxattn, full"),
+    "unknown sampler": (["tune.sampler=grid"], "tune.sampler='grid'", "tpe, nsga2"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_a_bad_tune_block_fails_in_one_line_before_anything_starts(case, tmp_path, capsys):
+    from harness.app import check
+
+    args, name, accepted = BAD[case]
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        check(["-m", "sweep=tune_bilevel", f"out_dir={out}", *args])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert exit_info.value.code == 2 and len(lines) == 1, lines
+    assert name in lines[0] and accepted in lines[0], lines[0]
+    assert not out.exists()
+
+
+# bilevel cells a few steps long, judged on a model-level metric (no image backbones)
+TINY_STUDY = ["-m", "sweep=tune_bilevel", *SMALL_WORLD, *SMALL, "eval.backbone=none", "~tune.objectives",
+              "+tune.objectives={heldout_mse:minimize}", "tune.constraints=[]", "tune.trials=6", "tune.workers=2",
+              "method.upper_batch_size=2", "tracking.enabled=false"]
+
+
+def test_two_workers_on_one_journal_spend_the_budget_once(tmp_path):
+    import optuna
+
+    from harness.app import compose_config
+    from harness.tune.spec import parse
+    from harness.tune.study import open_study, study_name
+
+    out = tmp_path / "out"
+    done = run_cli(["harness", *TINY_STUDY, f"out_dir={out}"], timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (folder,) = (out / "optuna").iterdir()
+    cfg = compose_config([a for a in TINY_STUDY if a != "-m"] + [f"out_dir={out}"])
+    spec = parse(cfg)
+    assert folder.name == study_name(cfg, spec)
+    study = open_study(folder.name, spec, folder)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 6 and len(states) == 6, states
+    assert study.trials[0].params["method.upper_lr"] == pytest.approx(1e-3)  # the sweep's own point first
+    workers = {t.user_attrs["worker"] for t in study.trials}
+    assert len(workers) == 2, workers  # both workers took trials
+    cells = {t.user_attrs["cell"] for t in study.trials}
+    for cell in cells:  # a cell asked for twice is trained once
+        attempts = json.loads((out / "cells" / cell / "environment.json").read_text())["attempts"]
+        assert [a["ended"] for a in attempts] == ["completed"], attempts
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["states"] == {"COMPLETE": 6} and summary["front"]
+
+    again = run_cli(["harness", *TINY_STUDY, f"out_dir={out}"], timeout=300)  # the same command: resumes, nothing to do
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(open_study(folder.name, spec, folder).trials) == 6
