@@ -71,3 +71,49 @@ def test_two_workers_on_one_journal_spend_the_budget_once(tmp_path):
     again = run_cli(["harness", *TINY_STUDY, f"out_dir={out}"], timeout=300)  # the same command: resumes, nothing to do
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(open_study(folder.name, spec, folder).trials) == 6
+
+
+def test_a_worker_killed_mid_trial_is_cleaned_up_and_the_rerun_finishes_the_budget(tmp_path):
+    """SIGKILL to the whole tuning command while its worker trains a trial: the trial stays
+    RUNNING in the journal. The same command again: the janitor marks it FAIL and queues its
+    parameters again; the new trial resumes that cell from its checkpoint; the budget ends
+    with exactly `trials` COMPLETE and every cell completed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    from harness.app import compose_config
+    from harness.tune.spec import parse
+    from harness.tune.study import open_study, study_name
+    from tests.conftest import REPO
+
+    out = tmp_path / "out"
+    args = [*TINY_STUDY, "tune.trials=2", "tune.workers=1", "finetune.steps=300", "runtime.checkpoint_every=10", f"out_dir={out}"]
+    cfg = compose_config([a for a in args if a != "-m"])
+    spec = parse(cfg)
+    folder = out / "optuna" / study_name(cfg, spec)
+    proc = subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("cells/*/checkpoints/*/step_*.pt")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no trial started training"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    running = [t for t in open_study(folder.name, spec, folder).trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert len(running) == 1
+
+    again = run_cli(["harness", *args], timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = open_study(folder.name, spec, folder).trials
+    states = [t.state for t in trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2 and states.count(optuna.trial.TrialState.FAIL) == 1, states
+    killed = trials[running[0].number]
+    retry = next(t for t in trials if t.user_attrs.get("retry_of") == killed.number)
+    assert retry.params == killed.params and retry.state == optuna.trial.TrialState.COMPLETE
+    assert "resumed stage" in (out / "cells" / retry.user_attrs["cell"] / "train.log").read_text()
+    assert all((out / "cells" / t.user_attrs["cell"] / "COMPLETED").exists() for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
