@@ -117,3 +117,12 @@ def test_a_worker_killed_mid_trial_is_cleaned_up_and_the_rerun_finishes_the_budg
     assert retry.params == killed.params and retry.state == optuna.trial.TrialState.COMPLETE
     assert "resumed stage" in (out / "cells" / retry.user_attrs["cell"] / "train.log").read_text()
     assert all((out / "cells" / t.user_attrs["cell"] / "COMPLETED").exists() for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
+
+
+def test_the_tuning_loop_benchmark_runs_and_writes_its_report(tmp_path):
+    from harness.bench import tune
+
+    assert tune.main(["--sizes", "3,12", "--dest", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "tune.json").read_text())
+    assert set(result["rows"]) == {"3", "12"} and all(r["journal_bytes"] > 0 for r in result["rows"].values())
+    assert "| 12 |" in (tmp_path / "tune.md").read_text()
