@@ -63,6 +63,21 @@ def compose(overrides: list[str] = (), out_dir: Path | None = None):
     return compose_config(world + SMALL + list(overrides) + extra)
 
 
+def fails_in_one_line(args: list[str], tmp_path: Path, capsys, *wanted: str) -> None:
+    """`harness.app.check(args)` (what `python -m harness` runs first) exits 2 with one line
+    `error: ...` holding every `wanted` text, and writes nothing (the out_dir it is given, put
+    first so a case's own out_dir wins, stays absent)."""
+    from harness.app import check
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        check([f"out_dir={out}", *args])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert all(w in lines[0] for w in wanted), lines[0]
+    assert not out.exists()
+
+
 def run_cli(args: list[str], cwd: Path = REPO, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import fails_in_one_line, run_cli
 
 CASES = {
     "unknown method": (["method=nope"], "method=nope", "bilevel, distill, teacher, two_stage"),
@@ -57,17 +57,8 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_fails_in_one_line_before_anything_starts(case, tmp_path, capsys):
     """`harness.app.check` is what `python -m harness` runs before anything else."""
-    from harness.app import check
-
     args, names, accepted = CASES[case]
-    out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exit_info:
-        check([f"out_dir={out}", *args])  # (a case's own out_dir comes last and wins)
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert exit_info.value.code == 2
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    assert names in lines[0] and accepted in lines[0], lines[0]
-    assert not out.exists()
+    fails_in_one_line(args, tmp_path, capsys, names, accepted)
 
 
 @pytest.mark.parametrize("case", ["unknown method", "ratio one in a sweep", "missing sd21 weights"])
@@ -80,18 +71,6 @@ def test_the_command_line_exits_2_with_one_line_and_writes_nothing(case, tmp_pat
     assert not out.exists()
 
 
-def _fails_in_one_line(args, tmp_path, capsys, *wanted):
-    from harness.app import check
-
-    out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exit_info:
-        check([f"out_dir={out}", *args])
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
-    assert all(w in lines[0] for w in wanted), lines[0]
-    assert not out.exists()
-
-
 def test_out_dir_that_is_a_file_or_read_only_fails_before_anything_starts(tmp_path, capsys):
     """A regular file, a folder under a file, and a read-only folder (as a user without write
     permission sees it: root writes anywhere, so the check runs as `nobody` there)."""
@@ -101,7 +80,7 @@ def test_out_dir_that_is_a_file_or_read_only_fails_before_anything_starts(tmp_pa
     a_file = tmp_path / "results.txt"
     a_file.write_text("not a folder")
     for value in (a_file, a_file / "out"):
-        _fails_in_one_line([f"out_dir={value}"], tmp_path, capsys, f"out_dir='{value}'", "a writable folder", "not a folder")
+        fails_in_one_line([f"out_dir={value}"], tmp_path, capsys, f"out_dir='{value}'", "a writable folder", "not a folder")
     read_only = tmp_path / "ro"
     read_only.mkdir(mode=0o555)  # a user without write permission is refused by the mode bits
     mounted = os.geteuid() == 0  # root ignores them: a read-only mount, as on a shared cluster's read-only share
@@ -110,7 +89,7 @@ def test_out_dir_that_is_a_file_or_read_only_fails_before_anything_starts(tmp_pa
         if done.returncode != 0:
             pytest.skip(f"root without mount permission here: {done.stderr.strip()}")
     try:
-        _fails_in_one_line([f"out_dir={read_only / 'out'}"], tmp_path, capsys, "a writable folder", "Read-only file system" if mounted else "Permission denied")
+        fails_in_one_line([f"out_dir={read_only / 'out'}"], tmp_path, capsys, "a writable folder", "Read-only file system" if mounted else "Permission denied")
     finally:
         if mounted:
             subprocess.run(["umount", str(read_only)], check=False)
@@ -131,10 +110,10 @@ def test_weights_are_verified_before_anything_starts(tmp_path, capsys):
         data[-64:] = bytes(b ^ 0xFF for b in data[-64:])  # 64 flipped bytes in the last tensor
         (copy / name).write_bytes(bytes(data))
         value = copy / name if key == "model.weights" else copy
-        _fails_in_one_line([f"{key}={value}"], tmp_path, capsys, f"{key}={copy / name}", "sha256", "manifest.json")
+        fails_in_one_line([f"{key}={value}"], tmp_path, capsys, f"{key}={copy / name}", "sha256", "manifest.json")
 
     loose = tmp_path / "loose"  # no manifest beside it: the header still has to hold up
     loose.mkdir()
     (loose / "teacher.safetensors").write_bytes((WEIGHTS / "teacher.safetensors").read_bytes()[:100_000])
-    _fails_in_one_line([f"model.weights={loose / 'teacher.safetensors'}"], tmp_path, capsys, "not a readable safetensors file")
-    _fails_in_one_line(["model.unet.block_out_channels=[16,32]"], tmp_path, capsys, "model.weights=", "another architecture", "shape")
+    fails_in_one_line([f"model.weights={loose / 'teacher.safetensors'}"], tmp_path, capsys, "not a readable safetensors file")
+    fails_in_one_line(["model.unet.block_out_channels=[16,32]"], tmp_path, capsys, "model.weights=", "another architecture", "shape")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import SMALL, SMALL_WORLD, run_cli
+from tests.conftest import SMALL, SMALL_WORLD, fails_in_one_line, run_cli
 
 BAD = {
     "unknown objective metric": (["+tune.objectives.fidd=minimize"], "tune.objectives.fidd", "a metric this sweep's cells report"),
@@ -23,16 +23,8 @@ BAD = {
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_a_bad_tune_block_fails_in_one_line_before_anything_starts(case, tmp_path, capsys):
-    from harness.app import check
-
     args, name, accepted = BAD[case]
-    out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exit_info:
-        check(["-m", "sweep=tune_bilevel", f"out_dir={out}", *args])
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert exit_info.value.code == 2 and len(lines) == 1, lines
-    assert name in lines[0] and accepted in lines[0], lines[0]
-    assert not out.exists()
+    fails_in_one_line(["-m", "sweep=tune_bilevel", *args], tmp_path, capsys, name, accepted)
 
 
 # bilevel cells a few steps long, judged on a model-level metric (no image backbones)
