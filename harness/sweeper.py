@@ -94,7 +94,7 @@ class HarnessSweeper(Sweeper):
         if cells and cells[0][0].cfg.get("tune") is not None:  # a tuning sweep: workers ask one study
             from harness.tune.launch import run_tuning
 
-            return run_tuning(cells[0][0].cfg, list(arguments))
+            return run_tuning(cells[0][0].cfg, list(arguments), self.launcher if hasattr(self.launcher, "submit_workers") else None)
         name = self.config.get("sweep_name") or "adhoc"
         sweep_id = f"{name}-{hashlib.sha256(','.join(sorted(c.id for c, _ in cells)).encode()).hexdigest()[:8]}"
         out_dir = Path(self.config.out_dir).resolve()

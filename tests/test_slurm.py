@@ -401,3 +401,26 @@ def test_the_local_cluster_refuses_a_folder_others_could_have_prepared(tmp_path)
         assert planted.poll() is None
     finally:
         planted.kill()
+
+
+def test_a_tuning_study_runs_its_workers_as_a_job_array(cluster, tmp_path):
+    """`launcher=slurm_local` with a tune sweep: two workers, one SLURM array, one journal;
+    the budget spent exactly, every trial told by a SLURM worker."""
+    import optuna
+
+    from harness.app import compose_config
+    from harness.tune.spec import parse
+    from harness.tune.study import open_study, study_name
+    from tests.test_tune import TINY_STUDY
+
+    out = tmp_path / "out"
+    args = [*TINY_STUDY, "tune.trials=4", f"out_dir={out}"]
+    env = {**cluster, "OMP_NUM_THREADS": "1"}
+    done = run_cli(["harness", *args, *ON_SLURM, "hydra.launcher.wait=true"], env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cfg = compose_config([a for a in args if a != "-m"])
+    spec = parse(cfg)
+    name = study_name(cfg, spec)
+    trials = open_study(name, spec, out / "optuna" / name).trials
+    assert [t.state for t in trials].count(optuna.trial.TrialState.COMPLETE) == 4 and len(trials) == 4
+    assert all(t.user_attrs["worker"].startswith("slurm-") for t in trials)

@@ -52,3 +52,27 @@ class CellJob:
 
         runner.requeue_pending()
         return submitit.helpers.DelayedSubmission(self)
+
+
+class TuneWorkerJob:
+    """A tuning worker as a SLURM job (harness/tune/worker.py). Requeued on a time limit or a
+    preemption like a cell; its job id stays, so it finds and finishes its own trial."""
+
+    def __init__(self, folder: str, index: int, cwd: str):
+        self.folder, self.index, self.cwd = folder, index, cwd
+
+    def __call__(self) -> int:
+        from pathlib import Path
+
+        from harness.tune.worker import run
+
+        os.chdir(self.cwd)
+        return run(Path(self.folder), self.index)
+
+    def checkpoint(self):
+        import submitit
+
+        from harness import runner
+
+        runner.requeue_pending()  # the cell under way ends its attempt as requeued
+        return submitit.helpers.DelayedSubmission(self)

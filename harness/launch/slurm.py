@@ -118,6 +118,24 @@ class HarnessSlurmLauncher(SlurmLauncher):
         sub.submitted([j.job_id for j in jobs] if jobs else found)
         return sub
 
+    def submit_workers(self, folder: Path, workers: int, out_dir: Path, reproducible: bool = False) -> list[str]:
+        """A tuning study's workers as one job array (frozen code, like cells); their job ids."""
+        from harness.launch.job import TuneWorkerJob
+
+        setup = []
+        if self.freeze_code:
+            code = freeze(out_dir / "slurm" / "code")
+            setup = [f"cd {code['path']}", f"export PYTHONPATH={code['path']}${{PYTHONPATH:+:$PYTHONPATH}}"]
+        if reproducible:
+            from harness import numerics
+
+            setup = [*setup, *numerics.shell_exports()]
+        executor = self.executor(str(self.params["submitit_folder"]), f"tune-{folder.name}", setup)
+        cwd = os.getcwd()
+        with executor.batch():
+            jobs = [executor.submit(TuneWorkerJob(str(folder), i, cwd)) for i in range(workers)]
+        return [j.job_id for j in jobs]
+
     def follow(self, cells: list, out_dir: Path) -> list[tuple]:
         """Wait until every cell is completed or its job ended without completing it;
         returns [(cell, reason)] for those that did not complete. One sacct call per poll."""

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -32,7 +33,9 @@ def enqueue_defaults(study, spec, cfg: DictConfig) -> None:
     study.enqueue_trial(params, skip_if_exists=True)
 
 
-def run_tuning(cfg: DictConfig, arguments: list[str]) -> dict:
+def run_tuning(cfg: DictConfig, arguments: list[str], slurm=None) -> dict:
+    """Start the study's workers: local processes, or with a SLURM launcher one job array
+    (then return at once unless the launcher waits, like a SLURM sweep)."""
     import optuna
 
     from harness.tracking import SWEEP_TAG, Tracker
@@ -56,9 +59,23 @@ def run_tuning(cfg: DictConfig, arguments: list[str]) -> dict:
     write_atomic(folder / "study.json", json.dumps({"name": name, "arguments": args, "spec": spec.identity(),
                                                     "trials": spec.trials, "workers": spec.workers}, indent=1))
     print(f"tune {name}: {spec.trials} trials, {spec.workers} workers, {len(spec.objectives)} objective(s); study in {folder}", flush=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))}
-    workers = [subprocess.Popen([sys.executable, "-m", "harness.tune.worker", str(folder), str(i)], env=env) for i in range(spec.workers)]
-    codes = [w.wait() for w in workers]
+    if slurm is not None:
+        from harness.launch import records
+
+        slurm.test_only(spec.workers)
+        jobs = slurm.submit_workers(folder, spec.workers, out_dir, bool(cfg.runtime.reproducible))
+        print(f"tune {name}: {spec.workers} workers submitted as SLURM job {jobs[0].split('_')[0]}", flush=True)
+        if not slurm.wait:
+            print(f"tune {name}: the study is {folder}; run the same command again to add workers or resume", flush=True)
+            return {"study": name, "jobs": jobs}
+        while any(records.job_states(jobs).get(j) not in records.TERMINAL for j in jobs):
+            time.sleep(3)
+        states = records.job_states(jobs)
+        codes = [0 if states.get(j) == "COMPLETED" else 1 for j in jobs]
+    else:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))}
+        workers = [subprocess.Popen([sys.executable, "-m", "harness.tune.worker", str(folder), str(i)], env=env) for i in range(spec.workers)]
+        codes = [w.wait() for w in workers]
     study = open_study(name, spec, folder)
     states = {s.name: sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
     front = [{"trial": t.number, "values": t.values, "params": t.params, "cell": t.user_attrs.get("cell")} for t in study.best_trials]
@@ -66,7 +83,7 @@ def run_tuning(cfg: DictConfig, arguments: list[str]) -> dict:
     write_atomic(folder / "summary.json", json.dumps(summary, indent=1, default=str))
     if parent:
         tracker.log_artifact(parent, folder / "summary.json")
-        tracker.log_metrics(parent, [{"time": __import__("time").time(), "step": 0,
+        tracker.log_metrics(parent, [{"time": time.time(), "step": 0,
                                       "values": {f"trials_{k.lower()}": v for k, v in states.items()}}])
         tracker.terminate(parent, "FINISHED" if not any(codes) else "FAILED")
     print(f"tune {name}: " + ", ".join(f"{v} {k.lower()}" for k, v in summary["states"].items()) + f"; front: {len(front)} trial(s)", flush=True)
