@@ -4,6 +4,7 @@
     python -m harness.jobs tail CELL [-n LINES] [--follow]
     python -m harness.jobs cancel SWEEP|CELL
     python -m harness.jobs retry [SWEEP]
+    python -m harness.jobs study [STUDY]        (a tuning study: harness/tune)
 
 SWEEP is a sweep id (or its prefix) or a sweep name (its latest sweep); default: the latest
 sweep under out_dir. CELL is a cell id or a unique prefix of one. A cell's state comes from its
@@ -220,6 +221,18 @@ def cmd_retry(args) -> int:
     return subprocess.run(command, cwd=info.get("cwd")).returncode
 
 
+def cmd_study(args) -> int:
+    from harness.tune.study import status
+
+    found = sorted((Path(args.out_dir) / "optuna").glob("*/study.json"), key=lambda p: p.stat().st_mtime)
+    if args.study:
+        found = [p for p in found if p.parent.name.startswith(args.study)]
+    if not found:
+        fail(f"no tuning study{' ' + args.study if args.study else ''} under {args.out_dir}/optuna: run a tune_* sweep there first")
+    print(status(found[-1].parent))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.jobs", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", default="outputs", type=Path, help="the sweep's out_dir (default: outputs)")
@@ -235,11 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("target")
     p = sub.add_parser("retry", help="submit a sweep's failed and missing cells again")
     p.add_argument("sweep", nargs="?")
+    p = sub.add_parser("study", help="a tuning study: trials per state, workers, the front (default: the latest)")
+    p.add_argument("study", nargs="?")
     # --out-dir is accepted before or after the command
     for action in sub.choices.values():
         action.add_argument("--out-dir", default=argparse.SUPPRESS, type=Path)
     args = parser.parse_args(argv)
-    return {"status": cmd_status, "tail": cmd_tail, "cancel": cmd_cancel, "retry": cmd_retry}[args.command](args)
+    return {"status": cmd_status, "tail": cmd_tail, "cancel": cmd_cancel, "retry": cmd_retry, "study": cmd_study}[args.command](args)
 
 
 if __name__ == "__main__":

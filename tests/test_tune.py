@@ -63,6 +63,8 @@ def test_two_workers_on_one_journal_spend_the_budget_once(tmp_path):
     again = run_cli(["harness", *TINY_STUDY, f"out_dir={out}"], timeout=300)  # the same command: resumes, nothing to do
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(open_study(folder.name, spec, folder).trials) == 6
+    shown = run_cli(["harness.jobs", "study", "--out-dir", str(out)], timeout=120)
+    assert shown.returncode == 0 and "6 complete" in shown.stdout and "front (heldout_mse minimize): " in shown.stdout, shown.stdout + shown.stderr
 
 
 def test_a_worker_killed_mid_trial_is_cleaned_up_and_the_rerun_finishes_the_budget(tmp_path):

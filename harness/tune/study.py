@@ -107,3 +107,35 @@ def sweep_dead_workers(study, me: str) -> list[int]:
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
         failed.append(t.number)
     return failed
+
+
+def status(folder: Path) -> str:
+    """A study as `python -m harness.jobs study` shows it: trials per state, the workers of its
+    running trials (alive or gone: the janitor fails the trials of gone ones first), the front."""
+    import optuna
+
+    from harness.tune.spec import parse
+
+    info = json.loads((folder / "study.json").read_text())
+    from harness.app import compose_config
+
+    spec = parse(compose_config(info["arguments"]))
+    study = open_study(info["name"], spec, folder)
+    swept = sweep_dead_workers(study, me="")
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
+    lines = [f"study {info['name']} ({folder}): budget {spec.trials} trials, {spec.workers} workers",
+             "trials: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n)]
+    if swept:
+        lines.append(f"trials {swept}: their workers are gone: marked fail, parameters queued again")
+    running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    for t in running:
+        lines.append(f"  running trial {t.number} on {t.user_attrs.get('worker')} (cell {t.user_attrs.get('cell', '-')})")
+    names = [m for m, _ in spec.objectives]
+    front = study.best_trials if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials) else []
+    lines.append(f"front ({', '.join(f'{m} {d}' for m, d in spec.objectives)}): {len(front)} trial(s)")
+    for t in sorted(front, key=lambda t: t.values):
+        values = ", ".join(f"{m}={v:.4g}" for m, v in zip(names, t.values))
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+        lines.append(f"  trial {t.number} (cell {t.user_attrs.get('cell')}): {values} at {params}")
+    return "\n".join(lines)
