@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,8 +29,6 @@ from harness.errors import ConfigError
 
 DIRECTIONS = ("minimize", "maximize")
 SAMPLERS = ("tpe", "nsga2")
-PER_CONCEPT = ("presence", "alignment", "clip_concept", "csd", "cp")
-OVERALL = ("heldout_mse", "fid", "clip_score", "cmmd")
 AGGREGATES = ("presence/erased", "presence/retained")
 CONSTRAINT = re.compile(r"^\s*(\S+)\s*(<=|>=)\s*(-?[0-9.eE+-]+)\s*$")
 
@@ -80,7 +78,6 @@ class TuneSpec:
     sampler: str = "tpe"
     seed: int = 0
     storage: str | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def directions(self) -> list[str]:
