@@ -23,3 +23,8 @@ def fail(message: str) -> None:
 
 class CorruptInputError(MissingInputError):
     """A local input that exists but is not what it should be (checksum, format, shapes)."""
+
+
+class CellStopped(Exception):
+    """A cell stopped on purpose before it finished (a tuning trial pruned): not a failure; its
+    checkpoints are kept and running it again resumes it."""

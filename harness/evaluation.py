@@ -153,6 +153,32 @@ def evaluate(ctx, model) -> tuple[dict, dict]:
 
 
 @torch.no_grad()
+def probe(ctx, student, names, step: int) -> dict:
+    """The student as it is at `step` of training, measured on what `names` (metric names, as
+    a tuning objective names them) needs: held-out MSE always; the neutral image metrics and
+    those of the concepts named (`presence/erased`, `presence/retained`: the set's erased or
+    retained concepts) when any image metric is named. Images under images/probe/step_<N>/."""
+    import copy
+
+    from harness.image_eval import image_metrics
+
+    ev, names = ctx.cfg.eval, set(names)
+    model = copy.deepcopy(student).eval()
+    values = {"heldout_mse": heldout_mse(ctx, model, ctx.data.heldout_neutral, ev.batch_size, ev.seed)}
+    if names - {"heldout_mse"} and ev.backbone != "none":
+        wanted = {n.rsplit("/", 1)[-1] for n in names if "/" in n}
+        if "presence/erased" in names:
+            wanted |= {c.name for c in ctx.erase}
+        if "presence/retained" in names:
+            wanted |= {c.name for c in ctx.retain}
+        concepts = [c for c in eval_concepts(ctx) if c.name in wanted]
+        more, _ = image_metrics(ctx, model, metric_backbones(ev, ctx.device), concepts, None,
+                                root=ctx.folder / "images" / "probe" / f"step_{step}")
+        values.update(more)
+    return values
+
+
+@torch.no_grad()
 def recovery(ctx, stage, folder, steps) -> list[tuple[int, dict]]:
     """Quality along training: the student of each checkpoint kept at `steps` (the trainer keeps
     them: TrainConfig.keep_steps), measured on the neutral held-out prompts (held-out MSE, and

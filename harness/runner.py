@@ -22,12 +22,12 @@ from harness.cell import Cell, cell_id, distill_config, write_atomic
 from harness.context import build_context, pick_device
 from harness.costs import CostMeter
 from harness.env import environment
-from harness.evaluation import evaluate, recovery
+from harness.evaluation import evaluate, probe, recovery
 from harness.method import get_method
 from harness.pruning import save_pruned
 from harness.tracking import CellRun, Tracker
 from harness.trainer import Trainer, TrainConfig
-from harness.errors import ConfigError
+from harness.errors import CellStopped, ConfigError
 from harness.validate import validate
 
 log = logging.getLogger("harness")
@@ -59,8 +59,13 @@ def cell_log(cell: Cell):
         handler.close()
 
 
-def run_cell(cfg: DictConfig, tracker: Tracker | None = None) -> dict:
-    """Train and evaluate the cell for `cfg` (or return its stored results)."""
+def run_cell(cfg: DictConfig, tracker: Tracker | None = None, observer=None) -> dict:
+    """Train and evaluate the cell for `cfg` (or return its stored results).
+
+    `observer(step, metrics)`, if given, sees the student measured at each of
+    `eval.recovery_steps` as training reaches it (evaluation.probe: `observer.metrics` names
+    what to measure) and may stop the cell by raising CellStopped (a tuning trial pruned):
+    the attempt ends `stopped`, its checkpoints kept, neither failed nor completed."""
     validate(cfg)
     numerics.apply(cfg.runtime)
     if why := numerics.check(cfg.runtime.reproducible):
@@ -81,12 +86,12 @@ def run_cell(cfg: DictConfig, tracker: Tracker | None = None) -> dict:
             distributed.decide(False)
             return cell.results()
         distributed.decide(True)
-        results = _run_locked(cfg, cell, tracker)
+        results = _run_locked(cfg, cell, tracker, observer)
     distributed.barrier()  # the other ranks may now read the finished cell (e.g. its student)
     return results
 
 
-def _run_locked(cfg: DictConfig, cell: Cell, tracker: Tracker) -> dict:
+def _run_locked(cfg: DictConfig, cell: Cell, tracker: Tracker, observer=None) -> dict:
     cell.write_config()
     env_path = cell.path("environment.json")
     env = environment(pick_device(cfg.runtime.device).type)
@@ -100,7 +105,12 @@ def _run_locked(cfg: DictConfig, cell: Cell, tracker: Tracker) -> dict:
         run = CellRun(tracker, cell, cfg.tracking.get("parent_run_id"), cfg.tracking.flush_every_s)
         run.start(env)
         try:
-            results = _train_and_evaluate(cfg, cell, run, tracker)
+            results = _train_and_evaluate(cfg, cell, run, tracker, observer)
+        except CellStopped as exc:
+            log.info("cell %s stopped at its observer's request (%s); resumes from its latest checkpoint if run again", cell.id, exc)
+            _end_attempt(env_path, "stopped")
+            run.finish(None, status="KILLED")
+            raise
         except BaseException as exc:  # KeyboardInterrupt/SystemExit too: the marker says why
             if _ending_in_requeue(exc):
                 log.info("cell %s interrupted by the scheduler: requeued; resumes from its latest checkpoint", cell.id)
@@ -118,15 +128,15 @@ def _run_locked(cfg: DictConfig, cell: Cell, tracker: Tracker) -> dict:
     return results
 
 
-def _train_and_evaluate(cfg: DictConfig, cell: Cell, run: CellRun, tracker: Tracker) -> dict:
+def _train_and_evaluate(cfg: DictConfig, cell: Cell, run: CellRun, tracker: Tracker, observer=None) -> dict:
     with CostMeter(pick_device(cfg.runtime.device)) as meter:
-        results = _train_and_evaluate_measured(cfg, cell, run, tracker)
+        results = _train_and_evaluate_measured(cfg, cell, run, tracker, observer)
     if results is not None:
         results["cost"] = meter.figures()
     return results
 
 
-def _train_and_evaluate_measured(cfg: DictConfig, cell: Cell, run: CellRun, tracker: Tracker) -> dict:
+def _train_and_evaluate_measured(cfg: DictConfig, cell: Cell, run: CellRun, tracker: Tracker, observer=None) -> dict:
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
 
@@ -145,6 +155,13 @@ def _train_and_evaluate_measured(cfg: DictConfig, cell: Cell, run: CellRun, trac
         cell.append_metrics({"time": time.time(), "stage": stage, "step": step, "values": values})
         run.flush()
 
+    def on_checkpoint(stage: str, step: int) -> None:
+        run.checkpointed()
+        if observer is not None and step in cfg.eval.recovery_steps:
+            values = probe(ctx, ctx.student, observer.metrics, step)
+            log.info("probe at %s step %d: %s", stage, step, ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+            observer(step, values)  # may raise CellStopped
+
     rt = cfg.runtime
     trainer = Trainer(
         TrainConfig(
@@ -160,7 +177,7 @@ def _train_and_evaluate_measured(cfg: DictConfig, cell: Cell, run: CellRun, trac
         ),
         ctx.device,
         on_log,
-        lambda stage, step: run.checkpointed(),
+        on_checkpoint,
     )
     method = get_method(cfg.method.name)(ctx)
     timings, last_stage = {}, None

@@ -18,6 +18,13 @@ BAD = {
     "a key no method declares": (["+tune.space.method.KK={int:[1,3]}"], "tune.space.method.KK", "a declared config key"),
     "a choice the key refuses": (["tune.space.method.upper_params.choice=[xattn,bogus]"], "method.upper_params='bogus'", "one of xattn, noxattn, full"),
     "unknown sampler": (["tune.sampler=grid"], "tune.sampler='grid'", "tpe, nsga2"),
+    "pruning a two-objective study": (["tune.pruner=median", "eval.recovery_steps=[50]"], "tune.pruner='median'",
+                                      "Optuna prunes single-objective studies only"),
+    "pruning without probe steps": (["tune.pruner=median", "~tune.objectives", "+tune.objectives={fid:minimize}"],
+                                    "tune.pruner='median'", "eval.recovery_steps"),
+    "pruning on an end-only metric": (["tune.pruner=median", "eval.recovery_steps=[50]", "~tune.objectives",
+                                       "+tune.objectives={csd/stripes:minimize}"], "tune.pruner='median'", "measured only when a cell ends"),
+    "unknown pruner": (["tune.pruner=asha"], "tune.pruner='asha'", "median, hyperband"),
 }
 
 
@@ -111,6 +118,64 @@ def test_a_worker_killed_mid_trial_is_cleaned_up_and_the_rerun_finishes_the_budg
     assert retry.params == killed.params and retry.state == optuna.trial.TrialState.COMPLETE
     assert "resumed stage" in (out / "cells" / retry.user_attrs["cell"] / "train.log").read_text()
     assert all((out / "cells" / t.user_attrs["cell"] / "COMPLETED").exists() for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
+
+
+def test_a_stopped_cell_is_neither_failed_nor_completed_and_resumes(tmp_path):
+    """The observer sees the student at each probe step and may stop the cell (a pruned
+    trial): the attempt ends `stopped` with its checkpoint, and running the cell again
+    resumes from that step and completes it."""
+    from harness.cell import Cell
+    from harness.errors import CellStopped
+    from harness.runner import run_cell
+    from tests.conftest import compose
+
+    cfg = compose(["finetune.steps=6", "eval.recovery_steps=[2,4]", "eval.backbone=none", "tracking.enabled=false"], out_dir=tmp_path)
+    seen = []
+
+    class StopAtFour:
+        metrics = ["heldout_mse"]
+
+        def __call__(self, step, values):
+            seen.append((step, set(values)))
+            if step == 4:
+                raise CellStopped("pruned at step 4")
+
+    with pytest.raises(CellStopped):
+        run_cell(cfg, observer=StopAtFour())
+    assert seen == [(2, {"heldout_mse"}), (4, {"heldout_mse"})]
+    cell = Cell(cfg)
+    attempts = json.loads(cell.path("environment.json").read_text())["attempts"]
+    assert [a["ended"] for a in attempts] == ["stopped"]
+    assert not cell.done and not cell.path("FAILED").exists()
+    assert run_cell(cfg)["metrics"]["heldout_mse"] > 0
+    assert "resumed stage finetune from step_00000004.pt" in cell.path("train.log").read_text()
+    assert [a["ended"] for a in json.loads(cell.path("environment.json").read_text())["attempts"]] == ["stopped", "completed"]
+
+
+def test_a_pruned_study_reports_every_trial_at_its_probe_step(tmp_path):
+    """A single-objective study with the median pruner: each trial reports its objective at
+    the probe step; every trial ends COMPLETE (its cell completed) or PRUNED (its cell's
+    attempt stopped, nothing failed), and together they spend the budget."""
+    import optuna
+
+    from harness.app import compose_config
+    from harness.tune.spec import parse
+    from harness.tune.study import open_study
+
+    out = tmp_path / "out"
+    args = [*TINY_STUDY, "tune.trials=5", "tune.workers=1", "tune.pruner=median", "eval.recovery_steps=[2]", f"out_dir={out}"]
+    done = run_cli(["harness", *args], timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (folder,) = (out / "optuna").iterdir()
+    spec = parse(compose_config([a for a in args if a != "-m"]))
+    trials = open_study(folder.name, spec, folder).trials
+    ended = {optuna.trial.TrialState.COMPLETE: "completed", optuna.trial.TrialState.PRUNED: "stopped"}
+    assert len(trials) == 5 and all(t.state in ended for t in trials), [t.state for t in trials]
+    for t in trials:
+        assert set(t.intermediate_values) == {2}, t.intermediate_values
+        attempts = json.loads((out / "cells" / t.user_attrs["cell"] / "environment.json").read_text())["attempts"]
+        assert [a["ended"] for a in attempts] == [ended[t.state]], (t.number, t.state, attempts)
+    assert not list(out.glob("cells/*/FAILED"))
 
 
 def test_the_tuning_loop_benchmark_runs_and_writes_its_report(tmp_path):

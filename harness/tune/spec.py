@@ -13,6 +13,8 @@
       sampler: tpe      # tpe (Optuna's default: multivariate, constant liar) | nsga2
       seed: 0
       storage: null     # null: a journal file under <out_dir>/optuna/; or an RDB URL
+      pruner: null      # null | median | hyperband: stop unpromising trials at eval.recovery_steps
+                        # (single-objective studies only: Optuna cannot prune multi-objective ones)
 
 Objective and constraint metrics are a cell's metrics (results.json), or `presence/erased`,
 `presence/retained` (means over the concept set's erased / retained styles)."""
@@ -29,6 +31,7 @@ from harness.errors import ConfigError
 
 DIRECTIONS = ("minimize", "maximize")
 SAMPLERS = ("tpe", "nsga2")
+PRUNERS = ("median", "hyperband")
 AGGREGATES = ("presence/erased", "presence/retained")
 CONSTRAINT = re.compile(r"^\s*(\S+)\s*(<=|>=)\s*(-?[0-9.eE+-]+)\s*$")
 
@@ -78,6 +81,7 @@ class TuneSpec:
     sampler: str = "tpe"
     seed: int = 0
     storage: str | None = None
+    pruner: str | None = None
 
     @property
     def directions(self) -> list[str]:
@@ -136,9 +140,10 @@ def parse(cfg: DictConfig) -> TuneSpec:
     block = OmegaConf.to_container(cfg.tune, resolve=True)
     if not isinstance(block, dict):
         raise ConfigError("tune", block, "a block with space, objectives, trials")
-    unknown = set(block) - {"space", "objectives", "constraints", "trials", "workers", "sampler", "seed", "storage"}
+    keys = ("space", "objectives", "constraints", "trials", "workers", "sampler", "seed", "storage", "pruner")
+    unknown = set(block) - set(keys)
     if unknown:
-        raise ConfigError(f"tune.{sorted(unknown)[0]}", block[sorted(unknown)[0]], "space, objectives, constraints, trials, workers, sampler, seed, storage")
+        raise ConfigError(f"tune.{sorted(unknown)[0]}", block[sorted(unknown)[0]], ", ".join(keys))
     space = _flatten_space(block.get("space") or {})
     if not isinstance(space, dict) or not space:
         raise ConfigError("tune.space", space, "at least one config key with its range")
@@ -197,4 +202,28 @@ def parse(cfg: DictConfig) -> TuneSpec:
         raise ConfigError("tune.storage", storage, "null (a journal file under out_dir) or a database URL (postgresql://...)")
     if storage and storage.startswith("sqlite") and workers > 1:
         raise ConfigError("tune.storage", storage, f"a journal (null) or a server database with {workers} workers: SQLite fails under concurrent writers")
-    return TuneSpec(tuple(params), tuple(objectives.items()), tuple(constraints), trials, workers, sampler, seed, storage)
+    pruner = _pruner(block.get("pruner"), objectives, cfg)
+    return TuneSpec(tuple(params), tuple(objectives.items()), tuple(constraints), trials, workers, sampler, seed, storage, pruner)
+
+
+def probed(metric: str) -> bool:
+    """Whether evaluation.probe measures `metric` mid-training (CSD and CP need the reference
+    model's images, alignment the full evaluation: those are known only at the end)."""
+    return metric in ("heldout_mse", "fid", "clip_score", "cmmd", *AGGREGATES) or metric.split("/")[0] in ("presence", "clip_concept")
+
+
+def _pruner(pruner, objectives: dict, cfg: DictConfig) -> str | None:
+    if pruner in (None, "none"):
+        return None
+    if pruner not in PRUNERS:
+        raise ConfigError("tune.pruner", pruner, f"null or one of {', '.join(PRUNERS)}")
+    if len(objectives) > 1:
+        raise ConfigError("tune.pruner", pruner, f"null with {len(objectives)} objectives: Optuna prunes single-objective studies only")
+    metric = next(iter(objectives))
+    if not probed(metric):
+        raise ConfigError("tune.pruner", pruner, f"null for objective {metric}: it is measured only when a cell ends "
+                                                 "(prunable: heldout_mse, fid, clip_score, cmmd, presence/*, clip_concept/*)")
+    if not list(cfg.eval.recovery_steps or []):
+        raise ConfigError("tune.pruner", pruner, "set with eval.recovery_steps, the training steps where a trial is measured "
+                                                 "and may be stopped (e.g. eval.recovery_steps=[50,100])")
+    return pruner

@@ -58,12 +58,23 @@ def sampler_for(spec: TuneSpec, worker: int):
     return optuna.samplers.TPESampler(seed=seed)  # Optuna 5: multivariate, constant liar
 
 
-def open_study(name: str, spec: TuneSpec, folder: Path, worker: int = 0):
+def pruner_for(spec: TuneSpec, steps: list[int]):
+    """`tune.pruner`, judging trials at the probe steps (eval.recovery_steps)."""
+    import optuna
+
+    if spec.pruner == "median":  # stop a trial below the median of earlier trials at the same step
+        return optuna.pruners.MedianPruner(n_startup_trials=max(2, spec.workers), n_warmup_steps=0)
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=min(steps), max_resource=max(steps), reduction_factor=2)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(name: str, spec: TuneSpec, folder: Path, worker: int = 0, probe_steps: list[int] | None = None):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(study_name=name, storage=storage_for(spec, folder), sampler=sampler_for(spec, worker),
-                               directions=spec.directions, load_if_exists=True)
+                               pruner=pruner_for(spec, probe_steps or [1]), directions=spec.directions, load_if_exists=True)
 
 
 # -- workers --------------------------------------------------------------------------------

@@ -15,19 +15,34 @@ import logging
 import sys
 from pathlib import Path
 
-from harness.errors import ConfigError, MissingInputError
+from harness.errors import CellStopped, ConfigError, MissingInputError
 
 log = logging.getLogger("harness")
 
 
-def objective_values(spec, results: dict, cfg) -> dict:
+def objective_values(metrics: dict, cfg) -> dict:
     """A cell's metrics plus the aggregates the tune block may name."""
-    metrics = dict(results["metrics"])
+    metrics = dict(metrics)
     for which, names in (("erased", cfg.concepts.erase), ("retained", cfg.concepts.retain)):
         values = [metrics[f"presence/{n}"] for n in names if f"presence/{n}" in metrics]
         if values:
             metrics[f"presence/{which}"] = sum(values) / len(values)
     return metrics
+
+
+class PruningObserver:
+    """Reports a single-objective trial's value at each probe step (eval.recovery_steps) and
+    stops its cell when the study's pruner says so (the trial ends PRUNED)."""
+
+    def __init__(self, trial, metric: str, cfg):
+        self.trial, self.metric, self.cfg = trial, metric, cfg
+        self.metrics = [metric]
+
+    def __call__(self, step: int, values: dict) -> None:
+        value = objective_values(values, self.cfg)[self.metric]
+        self.trial.report(value, step)
+        if self.trial.should_prune():
+            raise CellStopped(f"trial {self.trial.number} pruned at step {step}: {self.metric} {value:.4g}")
 
 
 class BudgetLock:
@@ -89,7 +104,7 @@ def run(folder: Path, index: int) -> int:
     info = json.loads((folder / "study.json").read_text())
     base = compose_config(info["arguments"])
     spec = parse(base)
-    study = open_study(info["name"], spec, folder, index)
+    study = open_study(info["name"], spec, folder, index, list(base.eval.recovery_steps or []))
     me = worker_identity(index)
     if failed := sweep_dead_workers(study, me["worker"]):
         log.info("tune %s: trials %s of workers that are gone marked FAIL and queued again", info["name"], failed)
@@ -107,14 +122,19 @@ def run(folder: Path, index: int) -> int:
         cell = Cell(cfg)
         trial.set_user_attr("cell", cell.id)
         log.info("tune %s: trial %d (%s) is cell %s", info["name"], trial.number, ", ".join(overrides), cell.id)
+        observer = PruningObserver(trial, spec.objectives[0][0], cfg) if spec.pruner else None
         try:
-            results = run_cell(cfg)
+            results = run_cell(cfg, observer=observer)
+        except CellStopped as exc:
+            log.info("tune %s: %s", info["name"], exc)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
         except Exception as exc:  # the cell's FAILED marker and log say why; the study goes on
             log.warning("tune %s: trial %d failed: %s", info["name"], trial.number, exc)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             continue
         _tag_run(cfg, cell, info["name"], trial.number)
-        metrics = objective_values(spec, results, cfg)
+        metrics = objective_values(results["metrics"], cfg)
         for c in spec.constraints:
             trial.set_constraint(str(c), c.value(metrics))
         study.tell(trial, [metrics[m] for m, _ in spec.objectives])
