@@ -73,6 +73,14 @@ def test_two_workers_on_one_journal_spend_the_budget_once(tmp_path):
     shown = run_cli(["harness.jobs", "study", "--out-dir", str(out)], timeout=120)
     assert shown.returncode == 0 and "6 complete" in shown.stdout and "front (heldout_mse minimize): " in shown.stdout, shown.stdout + shown.stderr
 
+    from analysis import tune
+
+    assert tune.main(["--out-dir", str(out), "--boot", "50", "--no-log"]) == 0
+    report = (out / "analysis" / "tune" / "tune.md").read_text()
+    assert folder.name in report and "The sweep's own setting (trial 0" in report, report
+    result = json.loads((out / "analysis" / "tune" / "tune.json").read_text())
+    assert result["studies"][0]["hypervolume"] > 0 and {p.name for p in (out / "analysis" / "tune").iterdir()} >= {"history.png", "tune.md"}
+
 
 def test_a_worker_killed_mid_trial_is_cleaned_up_and_the_rerun_finishes_the_budget(tmp_path):
     """SIGKILL to the whole tuning command while its worker trains a trial: the trial stays
@@ -185,3 +193,47 @@ def test_the_tuning_loop_benchmark_runs_and_writes_its_report(tmp_path):
     result = json.loads((tmp_path / "tune.json").read_text())
     assert set(result["rows"]) == {"3", "12"} and all(r["journal_bytes"] > 0 for r in result["rows"].values())
     assert "| 12 |" in (tmp_path / "tune.md").read_text()
+
+
+def test_hypervolume_of_known_fronts():
+    from analysis.tune import front_indices, hypervolume
+
+    # a staircase: slabs of 1 × 1, 1 × 2 and 1 × 3
+    assert hypervolume([[1, 3], [2, 2], [3, 1]], [4, 4]) == pytest.approx(6.0)
+    assert hypervolume([[1, 3], [2, 2], [3, 1], [3, 3]], [4, 4]) == pytest.approx(6.0)  # a dominated point adds nothing
+    assert hypervolume([[5, 1]], [4, 4]) == 0.0  # beyond the reference point
+    # two boxes of volume 4 overlapping in a box of volume 2 (inclusion–exclusion)
+    assert hypervolume([[0, 1, 0], [1, 0, 0]], [2, 2, 2]) == pytest.approx(6.0)
+    assert front_indices([[1, 3], [2, 2], [3, 3], [2, 2]]) == [0, 1]  # dominated and duplicate points dropped
+
+
+def _study(name, points, se, constraint=None):
+    from analysis.tune import Point, StudyView
+    from harness.tune.spec import Constraint
+
+    cons = [Constraint("presence/retained", ">=", 80.0)] if constraint else []
+    pts = [Point(i, f"c{i}", {}, list(v), [se, se], {"presence/retained": (r, se)} if constraint else {})
+           for i, (v, r) in enumerate(points)]
+    for p in pts:
+        p.feasible = all(c.value({c.metric: p.constraint_metrics[c.metric][0]}) <= 0 for c in cons)
+    return StudyView(name, None, name, [("fid", "minimize"), ("presence/erased", "minimize")], cons, pts, {"complete": len(pts)},
+                     0, [], None)
+
+
+def test_fronts_are_compared_beyond_evaluation_noise():
+    """A study whose front lies well inside another's wins beyond its bootstrap interval; two
+    studies with the same trials do not; an infeasible trial never counts."""
+    from analysis.tune import analyse
+
+    good = _study("good", [((1.0, 10.0), 90), ((2.0, 5.0), 90)], se=0.1, constraint=True)
+    bad = _study("bad", [((3.0, 30.0), 90), ((4.0, 20.0), 90)], se=0.1, constraint=True)
+    twin = _study("twin", [((1.0, 10.0), 90), ((2.0, 5.0), 90)], se=0.1, constraint=True)
+    result = analyse([good, bad, twin], {"fid": 5.0, "presence/erased": 40.0}, boots=200)
+    hv = {s["study"]: s["hypervolume"] for s in result["studies"]}
+    assert hv["good"] == pytest.approx(4 * 30 + 3 * 5)  # slabs of presence 10..40 (fid 1..5) and 5..10 (fid 2..5)
+    lo, hi = result["studies"][0]["interval"]
+    assert lo < hv["good"] < hi
+    pairs = {(p["a"], p["b"]): p for p in result["pairs"]}
+    assert pairs[("good", "bad")]["beyond_noise"] and not pairs[("good", "twin")]["beyond_noise"]
+    cheat = _study("cheat", [((0.1, 0.1), 10)], se=0.1, constraint=True)  # breaks the retained-style constraint
+    assert analyse([cheat], {"fid": 5.0, "presence/erased": 40.0}, boots=20)["studies"][0]["hypervolume"] == 0.0

@@ -1,0 +1,431 @@
+"""Tuning studies compared: each study's Pareto front, its hypervolume with a bootstrap interval,
+hyperparameter importance, optimisation history, and where the sweep's hand-picked point lies.
+
+    python -m analysis.tune --out-dir outputs [--study NAME ...] [--reference fid=8,presence/erased=100]
+
+- Fronts: a study's feasible COMPLETE trials (its constraints hold) that no other feasible
+  trial beats on every objective. Values come from the trials' cells (results.json), with the
+  evaluation standard error each cell recorded (`se/<metric>`).
+- Hypervolume: of the front against one reference point for every study compared (given, or
+  the worst feasible value of each objective over all studies plus 10% of its range, printed);
+  maximised objectives are negated. Its interval is a parametric bootstrap over evaluation
+  noise: every trial's objective and constraint metrics redrawn from N(value, se^2), the front
+  and hypervolume recomputed, `--boot` times; the 2.5–97.5 percentiles. Training seeds are
+  not resampled (each trial is one training run): the interval is evaluation noise only.
+  Two studies differ beyond that noise when the interval of their paired difference excludes 0.
+- Importance: Optuna's default evaluator (PED-ANOVA in Optuna 5) per objective.
+- Hand-picked point: the sweep's own setting, enqueued as the study's first trial: on its
+  front, or dominated by which front trials.
+Outputs under <out_dir>/analysis/tune/ (tune.md, tune.json, fronts.png/pdf, history.png/pdf),
+attached to each study's MLflow parent run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Point:
+    trial: int
+    cell: str
+    params: dict
+    values: list[float]  # the objectives, in the study's directions
+    se: list[float | None]
+    constraint_metrics: dict[str, tuple[float, float]]  # metric -> (value, se)
+    feasible: bool = True
+
+
+@dataclass
+class StudyView:
+    name: str
+    folder: Path
+    label: str
+    objectives: list[tuple[str, str]]
+    constraints: list  # harness.tune.spec.Constraint
+    points: list[Point]
+    states: dict[str, int]
+    hand_picked: int | None
+    arguments: list[str]
+    parent_run: str | None
+    study: object = field(repr=False, default=None)
+
+    def minimised(self, values) -> list[float]:
+        return [v if d == "minimize" else -v for v, (_, d) in zip(values, self.objectives)]
+
+
+# -- loading ------------------------------------------------------------------------------
+def _se(metrics: dict, metric: str, cfg) -> float | None:
+    """The recorded evaluation standard error of `metric` (aggregates: of their mean); None
+    where the cell records none (model-level metrics: fixed noise draws, no image set)."""
+    if metric in ("presence/erased", "presence/retained"):
+        names = cfg.concepts.erase if metric.endswith("erased") else cfg.concepts.retain
+        ses = [metrics.get(f"se/presence/{n}") for n in names]
+        if any(s is None for s in ses):
+            return None
+        return math.sqrt(sum(s * s for s in ses)) / max(len(ses), 1)
+    se = metrics.get(f"se/{metric}")
+    return None if se is None else float(se)
+
+
+def label_of(cfg) -> str:
+    name = cfg.method.name
+    if name == "two_stage":
+        return f"two_stage+{cfg.eraser.name}"
+    if name == "bilevel":
+        return f"bilevel ({cfg.method.solver})"
+    return name
+
+
+def load_study(folder: Path) -> StudyView:
+    import optuna
+
+    from harness.app import compose_config
+    from harness.tune.spec import parse
+    from harness.tune.study import open_study
+    from harness.tune.worker import objective_values
+
+    info = json.loads((folder / "study.json").read_text())
+    base = compose_config(info["arguments"])
+    spec = parse(base)
+    study = open_study(info["name"], spec, folder)
+    out_dir = Path(base.out_dir)
+    points, hand = [], None
+    for t in study.get_trials(deepcopy=False):
+        if t.system_attrs.get("fixed_params") is not None and t.user_attrs.get("retry_of") is None and hand is None:
+            hand = t.number  # the sweep's own point, enqueued first (tune/launch.py)
+        if t.state != optuna.trial.TrialState.COMPLETE or not t.user_attrs.get("cell"):
+            continue
+        results = json.loads((out_dir / "cells" / t.user_attrs["cell"] / "results.json").read_text())
+        cfg = base  # the concept set, which the aggregates and their errors need, is never searched
+        metrics = objective_values(results["metrics"], cfg)
+        values = [float(metrics[m]) for m, _ in spec.objectives]
+        se = [_se(metrics, m, cfg) for m, _ in spec.objectives]
+        cons = {c.metric: (float(metrics[c.metric]), _se(metrics, c.metric, cfg)) for c in spec.constraints}
+        feasible = all(c.value({c.metric: cons[c.metric][0]}) <= 0 for c in spec.constraints)
+        points.append(Point(t.number, t.user_attrs["cell"], dict(t.params), values, se, cons, feasible))
+    states = {}
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    parent = next((a.split("=", 1)[1] for a in info["arguments"] if a.startswith("tracking.parent_run_id=")), None)
+    return StudyView(info["name"], folder, label_of(base), list(spec.objectives), list(spec.constraints), points, states,
+                     hand, info["arguments"], parent, study)
+
+
+def find_studies(out_dir: Path, names: list[str] | None) -> list[Path]:
+    root = out_dir / "optuna"
+    found = sorted(p for p in root.glob("*") if (p / "study.json").exists()) if root.is_dir() else []
+    if names:
+        by_name = {p.name: p for p in found}
+        missing = [n for n in names if n not in by_name and not (Path(n) / "study.json").exists()]
+        if missing:
+            raise SystemExit(f"error: no study {missing[0]} under {root} (studies: {', '.join(by_name) or 'none'})")
+        return [by_name.get(n) or Path(n) for n in names]
+    return found
+
+
+# -- fronts and hypervolume ----------------------------------------------------------------
+def front_indices(values: list[list[float]]) -> list[int]:
+    """Indices of the points no other point weakly beats on every coordinate and strictly on
+    one (all minimised); of equal points the first is kept."""
+    keep = []
+    for i, p in enumerate(values):
+        dominated = any(all(q[k] <= p[k] for k in range(len(p))) and (any(q[k] < p[k] for k in range(len(p))) or j < i)
+                        for j, q in enumerate(values) if j != i)
+        if not dominated:
+            keep.append(i)
+    return keep
+
+
+def hypervolume(points: list[list[float]], ref: list[float]) -> float:
+    """The volume the (minimised) points dominate below `ref`: slices along the last
+    coordinate, each the (d−1)-dimensional hypervolume of the points at or below it."""
+    pts = [list(p) for p in points if all(x < r for x, r in zip(p, ref))]
+    if not pts:
+        return 0.0
+    if len(ref) == 1:
+        return ref[0] - min(p[0] for p in pts)
+    pts.sort(key=lambda p: p[-1])
+    volume = 0.0
+    for i, p in enumerate(pts):
+        upper = pts[i + 1][-1] if i + 1 < len(pts) else ref[-1]
+        if upper > p[-1]:
+            volume += (upper - p[-1]) * hypervolume([q[:-1] for q in pts[: i + 1]], ref[:-1])
+    return volume
+
+
+def reference_point(studies: list[StudyView], given: dict[str, float]) -> list[float]:
+    """Minimised coordinates: `given` (metric -> value, in the metric's own sign), else the worst
+    feasible value over all studies plus 10% of the range (1 where the range is 0)."""
+    objectives = studies[0].objectives
+    ref = []
+    for k, (metric, direction) in enumerate(objectives):
+        if metric in given:
+            ref.append(given[metric] if direction == "minimize" else -given[metric])
+            continue
+        vals = [s.minimised(p.values)[k] for s in studies for p in s.points if p.feasible]
+        if not vals:
+            ref.append(1.0)
+            continue
+        span = max(vals) - min(vals)
+        ref.append(max(vals) + (0.1 * span if span > 0 else 1.0))
+    return ref
+
+
+def study_hypervolume(study: StudyView, ref: list[float], draw=None) -> float:
+    """`draw`: per point, (objective values, constraint metric values) replacing the recorded ones."""
+    pts = []
+    for i, p in enumerate(study.points):
+        values, cons = (p.values, {m: v for m, (v, _) in p.constraint_metrics.items()}) if draw is None else draw[i]
+        if all(c.value({c.metric: cons[c.metric]}) <= 0 for c in study.constraints):
+            pts.append(study.minimised(values))
+    return hypervolume([pts[i] for i in front_indices(pts)], ref) if pts else 0.0
+
+
+def bootstrap(studies: list[StudyView], ref: list[float], boots: int, seed: int = 0) -> np.ndarray:
+    """(boots, studies) hypervolumes with every trial's metrics redrawn from N(value, se²)."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((boots, len(studies)))
+    for b in range(boots):
+        for s, study in enumerate(studies):
+            draw = []
+            for p in study.points:
+                values = [v + rng.normal(0.0, se) if se else v for v, se in zip(p.values, p.se)]
+                cons = {m: v + rng.normal(0.0, se) if se else v for m, (v, se) in p.constraint_metrics.items()}
+                draw.append((values, cons))
+            out[b, s] = study_hypervolume(study, ref, draw)
+    return out
+
+
+def interval(samples: np.ndarray) -> tuple[float, float]:
+    return float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))
+
+
+def history(study: StudyView, ref: list[float]) -> list[tuple[int, float]]:
+    """Hypervolume of the front of the trials up to each completed trial (by trial number)."""
+    out, seen = [], []
+    for p in sorted(study.points, key=lambda p: p.trial):
+        if p.feasible:
+            seen.append(study.minimised(p.values))
+        out.append((p.trial, hypervolume([seen[i] for i in front_indices(seen)], ref) if seen else 0.0))
+    return out
+
+
+def importances(study: StudyView) -> dict[str, dict[str, float]]:
+    """Per objective: parameter -> importance (Optuna's default evaluator); {} where it cannot say."""
+    import optuna
+
+    out = {}
+    if study.study is None:
+        return out
+    for k, (metric, _) in enumerate(study.objectives):
+        try:
+            out[metric] = dict(optuna.importance.get_param_importances(study.study, target=lambda t, k=k: t.values[k]))
+        except (ValueError, RuntimeError, ZeroDivisionError, IndexError):
+            out[metric] = {}
+    return out
+
+
+def hand_picked(study: StudyView) -> dict | None:
+    """Where the sweep's own point lies: on the front, or which front trials dominate it."""
+    mine = next((p for p in study.points if p.trial == study.hand_picked), None)
+    if mine is None:
+        return None
+    feasible = [p for p in study.points if p.feasible]
+    front = [feasible[i] for i in front_indices([study.minimised(p.values) for p in feasible])]
+    m = study.minimised(mine.values)
+    by = [p for p in front if p is not mine and all(a <= b for a, b in zip(study.minimised(p.values), m))]
+    return {"trial": mine.trial, "cell": mine.cell, "feasible": mine.feasible, "on_front": any(p is mine for p in front),
+            "dominated_by": [p.trial for p in by],
+            "best_gain": [min(study.minimised(p.values)[k] for p in by) - m[k] for k in range(len(m))] if by else None}
+
+
+# -- report ---------------------------------------------------------------------------------
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def _param(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def analyse(studies: list[StudyView], given: dict[str, float], boots: int) -> dict:
+    ref = reference_point(studies, given)
+    samples = bootstrap(studies, ref, boots)
+    result = {"reference_point": dict(zip([m for m, _ in studies[0].objectives], [r if d == "minimize" else -r for r, (_, d) in zip(ref, studies[0].objectives)])),
+              "boots": boots, "studies": []}
+    for s, study in enumerate(studies):
+        feasible = [p for p in study.points if p.feasible]
+        front = [feasible[i] for i in front_indices([study.minimised(p.values) for p in feasible])]
+        result["studies"].append({
+            "study": study.name, "label": study.label, "states": study.states, "feasible": len(feasible),
+            "hypervolume": study_hypervolume(study, ref), "interval": interval(samples[:, s]),
+            "front": [{"trial": p.trial, "cell": p.cell, "values": p.values, "se": p.se, "params": p.params}
+                      for p in sorted(front, key=lambda p: study.minimised(p.values))],
+            "importance": importances(study), "history": history(study, ref), "hand_picked": hand_picked(study)})
+    pairs = []
+    for a in range(len(studies)):
+        for b in range(a + 1, len(studies)):
+            diff = samples[:, a] - samples[:, b]
+            lo, hi = interval(diff)
+            pairs.append({"a": studies[a].name, "b": studies[b].name, "difference": result["studies"][a]["hypervolume"] - result["studies"][b]["hypervolume"],
+                          "interval": (lo, hi), "beyond_noise": lo > 0 or hi < 0})
+    result["pairs"] = pairs
+    return result
+
+
+def markdown(result: dict, studies: list[StudyView]) -> str:
+    objectives = studies[0].objectives
+    names = [m for m, _ in objectives]
+    lines = ["# Tuning studies compared", "",
+             f"Objectives: {', '.join(f'{m} ({d})' for m, d in objectives)}. Constraints: "
+             f"{'; '.join(str(c) for c in studies[0].constraints) or 'none'}. Hypervolume reference point: "
+             f"{', '.join(f'{k} = {_fmt(v)}' for k, v in result['reference_point'].items())}; interval: 2.5–97.5 percentiles of "
+             f"{result['boots']} parametric bootstrap draws over evaluation noise (values redrawn from their recorded standard "
+             f"errors; metrics without one held fixed; training seed fixed).", "",
+             "| study | method | trials | feasible | front | hypervolume | 95% interval |", "|---|---|---|---:|---:|---:|---|"]
+    for s in result["studies"]:
+        states = ", ".join(f"{v} {k}" for k, v in sorted(s["states"].items()))
+        lo, hi = s["interval"]
+        lines.append(f"| {s['study']} | {s['label']} | {states} | {s['feasible']} | {len(s['front'])} | {_fmt(s['hypervolume'])} | {_fmt(lo)} – {_fmt(hi)} |")
+    if result["pairs"]:
+        lines += ["", "| A − B | hypervolume difference | 95% interval | beyond noise |", "|---|---:|---|---|"]
+        for p in result["pairs"]:
+            lines.append(f"| {p['a']} − {p['b']} | {_fmt(p['difference'])} | {_fmt(p['interval'][0])} – {_fmt(p['interval'][1])} | {'yes' if p['beyond_noise'] else 'no'} |")
+    for s in result["studies"]:
+        lines += ["", f"## {s['study']} ({s['label']})", "", "Front (feasible, non-dominated):", "",
+                  "| trial | " + " | ".join(names) + " | parameters | cell |", "|---:|" + "---:|" * len(names) + "---|---|"]
+        for p in s["front"]:
+            vals = " | ".join(f"{_fmt(v)} ± {_fmt(e)}" if e is not None else f"{_fmt(v)} (no se)" for v, e in zip(p["values"], p["se"]))
+            params = ", ".join(f"{k.split('.')[-1]}={_param(v)}" for k, v in p["params"].items())
+            lines.append(f"| {p['trial']} | {vals} | {params} | {p['cell']} |")
+        hp = s["hand_picked"]
+        if hp:
+            where = "on the front" if hp["on_front"] else (
+                f"dominated by trials {hp['dominated_by']} (best gains: " + ", ".join(f"{m} {_fmt(-g if d == 'maximize' else g)}" for g, (m, d) in zip(hp["best_gain"], objectives)) + ")"
+                if hp["dominated_by"] else "off the front, not dominated by a front trial on every objective")
+            lines += ["", f"The sweep's own setting (trial {hp['trial']}, cell {hp['cell']}{'' if hp['feasible'] else ', infeasible'}): {where}."]
+        for metric, imp in s["importance"].items():
+            shown = ", ".join(f"{k.split('.')[-1]} {v:.2f}" for k, v in imp.items()) or "n/a (too few completed trials)"
+            lines.append(f"Importance for {metric}: {shown}.")
+    return "\n".join(lines) + "\n"
+
+
+def figures(result: dict, studies: list[StudyView], dest: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    objectives = studies[0].objectives
+    cmap = plt.get_cmap("tab10")
+    if len(objectives) >= 2:
+        fig, ax = plt.subplots(figsize=(6.4, 4.6))
+        for s, (study, res) in enumerate(zip(studies, result["studies"])):
+            colour = cmap(s % 10)
+            feasible = [p for p in study.points if p.feasible]
+            ax.scatter([p.values[0] for p in feasible], [p.values[1] for p in feasible], color=colour, alpha=0.3, s=14)
+            front = res["front"]
+            ax.step([p["values"][0] for p in front], [p["values"][1] for p in front], where="post", color=colour,
+                    label=f"{res['label']}: HV {_fmt(res['hypervolume'])}")
+            ax.scatter([p["values"][0] for p in front], [p["values"][1] for p in front], color=colour, s=24)
+            hp = res["hand_picked"]
+            if hp:
+                mine = next(p for p in study.points if p.trial == hp["trial"])
+                ax.scatter([mine.values[0]], [mine.values[1]], marker="*", s=160, color=colour, edgecolor="black")
+        ax.set_xlabel(f"{objectives[0][0]} ({objectives[0][1]})")
+        ax.set_ylabel(f"{objectives[1][0]} ({objectives[1][1]})")
+        ax.set_title("Pareto fronts (★ the sweep's own setting)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        for ext in ("png", "pdf"):
+            fig.savefig(dest / f"fronts.{ext}", dpi=150)
+            paths.append(dest / f"fronts.{ext}")
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for s, res in enumerate(result["studies"]):
+        xs, ys = zip(*res["history"]) if res["history"] else ((), ())
+        ax.plot(xs, ys, marker=".", color=cmap(s % 10), label=res["label"])
+    ax.set_xlabel("trial")
+    ax.set_ylabel("hypervolume of the front so far")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    for ext in ("png", "pdf"):
+        fig.savefig(dest / f"history.{ext}", dpi=150)
+        paths.append(dest / f"history.{ext}")
+    plt.close(fig)
+    return paths
+
+
+def log_to_parents(studies: list[StudyView], result: dict, paths: list[Path]) -> None:
+    """Attach the outputs and each study's hypervolume (and interval) to its MLflow parent run."""
+    from harness.app import compose_config
+    from harness.tracking import Tracker
+
+    for study, res in zip(studies, result["studies"]):
+        if not study.parent_run:
+            continue
+        tracker = Tracker(compose_config(study.arguments))
+        lo, hi = res["interval"]
+        tracker.log_metrics(study.parent_run, [{"time": time.time(), "step": 0, "values": {
+            "tune/hypervolume": res["hypervolume"], "tune/hypervolume_lo": lo, "tune/hypervolume_hi": hi,
+            "tune/front_size": len(res["front"]), "tune/feasible": res["feasible"]}}])
+        for path in paths:
+            tracker.log_artifact(study.parent_run, path)
+
+
+def parse_reference(text: str | None) -> dict[str, float]:
+    if not text:
+        return {}
+    out = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise SystemExit(f"error: --reference {text!r}: expected metric=number[,metric=number]") from None
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.tune", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out-dir", default="outputs", help="the tuning run's out_dir (its optuna/ and cells/)")
+    parser.add_argument("--study", action="append", help="a study name under <out_dir>/optuna (or its folder); repeat to compare; default: all")
+    parser.add_argument("--reference", help="hypervolume reference point, metric=value,... (default: worst feasible + 10%% of the range)")
+    parser.add_argument("--boot", type=int, default=1000, help="bootstrap draws (default 1000)")
+    parser.add_argument("--dest", help="output folder (default: <out_dir>/analysis/tune)")
+    parser.add_argument("--no-log", action="store_true", help="do not attach the outputs to the studies' MLflow parent runs")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    folders = find_studies(Path(args.out_dir), args.study)
+    if not folders:
+        print(f"error: no tuning study under {Path(args.out_dir) / 'optuna'} (run python -m harness -m sweep=tune_...)", file=sys.stderr)
+        return 2
+    studies = [load_study(f) for f in folders]
+    kinds = {tuple(s.objectives) for s in studies}
+    if len(kinds) > 1:
+        print(f"error: these studies optimise different objectives ({'; '.join(str(list(k)) for k in kinds)}): compare studies of one kind", file=sys.stderr)
+        return 2
+    result = analyse(studies, parse_reference(args.reference), args.boot)
+    dest = Path(args.dest) if args.dest else Path(args.out_dir) / "analysis" / "tune"
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "tune.md").write_text(markdown(result, studies))
+    (dest / "tune.json").write_text(json.dumps(result, indent=1, default=str))
+    paths = [dest / "tune.md", dest / "tune.json", *figures(result, studies, dest)]
+    if not args.no_log:
+        log_to_parents(studies, result, paths)
+    print((dest / "tune.md").read_text())
+    print(f"{len(studies)} studies analysed in {time.perf_counter() - t0:.1f} s: {dest}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
