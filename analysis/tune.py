@@ -225,9 +225,14 @@ def importances(study: StudyView) -> dict[str, dict[str, float]]:
     out = {}
     if study.study is None:
         return out
-    for k, (metric, _) in enumerate(study.objectives):
+    import warnings
+
+    for k, (metric, direction) in enumerate(study.objectives):
+        sign = 1.0 if direction == "minimize" else -1.0  # PED-ANOVA: what makes the target low
         try:
-            out[metric] = dict(optuna.importance.get_param_importances(study.study, target=lambda t, k=k: t.values[k]))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
+                out[metric] = dict(optuna.importance.get_param_importances(study.study, target=lambda t, k=k, s=sign: s * t.values[k]))
         except (ValueError, RuntimeError, ZeroDivisionError, IndexError):
             out[metric] = {}
     return out

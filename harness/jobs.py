@@ -221,15 +221,38 @@ def cmd_retry(args) -> int:
     return subprocess.run(command, cwd=info.get("cwd")).returncode
 
 
+def find_study(out_dir: Path, name: str | None) -> Path:
+    """A tuning study's folder: the one named (a prefix will do), else the latest."""
+    found = sorted((Path(out_dir) / "optuna").glob("*/study.json"), key=lambda p: p.stat().st_mtime)
+    if name:
+        found = [p for p in found if p.parent.name.startswith(name)]
+    if not found:
+        fail(f"no tuning study{' ' + name if name else ''} under {out_dir}/optuna: run a tune_* sweep there first")
+    return found[-1].parent
+
+
 def cmd_study(args) -> int:
     from harness.tune.study import status
 
-    found = sorted((Path(args.out_dir) / "optuna").glob("*/study.json"), key=lambda p: p.stat().st_mtime)
-    if args.study:
-        found = [p for p in found if p.parent.name.startswith(args.study)]
-    if not found:
-        fail(f"no tuning study{' ' + args.study if args.study else ''} under {args.out_dir}/optuna: run a tune_* sweep there first")
-    print(status(found[-1].parent))
+    print(status(find_study(args.out_dir, args.study)))
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    """optuna-dashboard on a study's storage, opened as the workers open it (a journal file
+    takes the workers' lock: the dashboard's own default lock is another one), on 127.0.0.1."""
+    try:
+        import optuna_dashboard
+    except ImportError:
+        fail("optuna-dashboard is not installed: pip install 'optuna-dashboard>=0.21,<0.22' (or pip install -e '.[dashboard]')")
+    from harness.app import compose_config
+    from harness.tune.spec import parse
+    from harness.tune.study import storage_for
+
+    folder = find_study(args.out_dir, args.study)
+    spec = parse(compose_config(read_json(folder / "study.json", {})["arguments"]))
+    print(f"study {folder.name}: http://127.0.0.1:{args.port}/dashboard (Ctrl-C stops it)", flush=True)
+    optuna_dashboard.run_server(storage_for(spec, folder), host="127.0.0.1", port=args.port)
     return 0
 
 
@@ -250,11 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sweep", nargs="?")
     p = sub.add_parser("study", help="a tuning study: trials per state, workers, the front (default: the latest)")
     p.add_argument("study", nargs="?")
+    p = sub.add_parser("dashboard", help="optuna-dashboard on a tuning study (default: the latest), on 127.0.0.1")
+    p.add_argument("study", nargs="?")
+    p.add_argument("--port", type=int, default=8080)
     # --out-dir is accepted before or after the command
     for action in sub.choices.values():
         action.add_argument("--out-dir", default=argparse.SUPPRESS, type=Path)
     args = parser.parse_args(argv)
-    return {"status": cmd_status, "tail": cmd_tail, "cancel": cmd_cancel, "retry": cmd_retry, "study": cmd_study}[args.command](args)
+    return {"status": cmd_status, "tail": cmd_tail, "cancel": cmd_cancel, "retry": cmd_retry, "study": cmd_study,
+            "dashboard": cmd_dashboard}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,8 @@ def test_two_workers_on_one_journal_spend_the_budget_once(tmp_path):
     shown = run_cli(["harness.jobs", "study", "--out-dir", str(out)], timeout=120)
     assert shown.returncode == 0 and "6 complete" in shown.stdout and "front (heldout_mse minimize): " in shown.stdout, shown.stdout + shown.stderr
 
+    _dashboard_serves(out, folder.name)
+
     from analysis import tune
 
     assert tune.main(["--out-dir", str(out), "--boot", "50", "--no-log"]) == 0
@@ -80,6 +82,36 @@ def test_two_workers_on_one_journal_spend_the_budget_once(tmp_path):
     assert folder.name in report and "The sweep's own setting (trial 0" in report, report
     result = json.loads((out / "analysis" / "tune" / "tune.json").read_text())
     assert result["studies"][0]["hypervolume"] > 0 and {p.name for p in (out / "analysis" / "tune").iterdir()} >= {"history.png", "tune.md"}
+
+
+def _dashboard_serves(out, name):
+    """`python -m harness.jobs dashboard` serves the study on 127.0.0.1 (optuna-dashboard's API)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.conftest import REPO
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "harness.jobs", "dashboard", "--out-dir", str(out), "--port", str(port)], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, body = time.monotonic() + 60, None
+        while body is None:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "no answer"
+            try:
+                body = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5).read())
+            except OSError:
+                time.sleep(0.5)
+        assert [s["study_name"] for s in body["study_summaries"]] == [name]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_a_worker_killed_mid_trial_is_cleaned_up_and_the_rerun_finishes_the_budget(tmp_path):

@@ -74,6 +74,12 @@ def run_tuning(cfg: DictConfig, arguments: list[str], slurm=None) -> dict:
         codes = [0 if states.get(j) == "COMPLETED" else 1 for j in jobs]
     else:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))}
+        if not cfg.runtime.threads and spec.workers > 1:
+            # the workers share this machine's cores: each takes its part (torch's default would
+            # give every worker all of them, and OpenMP threads spinning against each other cost
+            # far more than the split)
+            share = str(max(1, (os.cpu_count() or 1) // spec.workers))
+            env.update(OMP_NUM_THREADS=share, MKL_NUM_THREADS=share)
         workers = [subprocess.Popen([sys.executable, "-m", "harness.tune.worker", str(folder), str(i)], env=env) for i in range(spec.workers)]
         codes = [w.wait() for w in workers]
     study = open_study(name, spec, folder)
