@@ -7,7 +7,7 @@
           upper_lr: {float: [1.0e-4, 1.0e-2], log: true}
           upper_params: {choice: [xattn, noxattn, full]}
       objectives: {fid: minimize, presence/erased: minimize}
-      constraints: ["presence/retained >= 80"]  # feasible when it holds
+      constraints: ["presence/retained >= 65"]  # feasible when it holds
       trials: 24        # budget: trials that end COMPLETE (or PRUNED)
       workers: 2        # processes asking the one study
       sampler: tpe      # tpe (Optuna's default: multivariate, constant liar) | nsga2
