@@ -26,8 +26,10 @@ matplotlib.use("Agg")  # headless: files only
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from analysis.records import Record, Study, client_for  # noqa: E402
-from analysis.tables import analysis_dir, cell_value, common_args, load_study, log_to_parent, order  # noqa: E402
+from analysis.records import Study, client_for  # noqa: E402
+from harness.record import Record  # noqa: E402
+from analysis.tables import analysis_dir, common_args, load_study, log_to_parent  # noqa: E402
+from harness.summary import cell_value, order  # noqa: E402
 
 
 def _colours(labels):

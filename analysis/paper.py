@@ -6,7 +6,7 @@ from __future__ import annotations
 
 SOURCE = "Shirkavand et al., CVPR 2025, style removal (SD 2.1, 512 px; pruned with APTP, not torch-pruning)"
 
-# method label (analysis.records.method_label) -> metric key -> value
+# method label (harness.record.method_label) -> metric key -> value
 STYLE_REMOVAL = {
     "teacher": {"clip_concept_erased": 34.44, "cp_erased": 44.0, "csd_erased": 87.91, "fid": 15.11, "clip_score": 31.60},
     "distill only": {"clip_concept_erased": 34.34, "cp_erased": 0.0, "csd_erased": 100.0, "fid": 22.19, "clip_score": 29.44},

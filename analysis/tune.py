@@ -87,7 +87,7 @@ def label_of(cfg) -> str:
 def load_study(folder: Path) -> StudyView:
     import optuna
 
-    from harness.app import compose_config
+    from harness.compose import compose_config
     from harness.tune.spec import parse
     from harness.tune.study import open_study
     from harness.tune.worker import objective_values
@@ -372,7 +372,7 @@ def figures(result: dict, studies: list[StudyView], dest: Path) -> list[Path]:
 
 def log_to_parents(studies: list[StudyView], result: dict, paths: list[Path]) -> None:
     """Attach the outputs and each study's hypervolume (and interval) to its MLflow parent run."""
-    from harness.app import compose_config
+    from harness.compose import compose_config
     from harness.tracking import Tracker
 
     for study, res in zip(studies, result["studies"]):

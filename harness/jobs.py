@@ -245,7 +245,7 @@ def cmd_dashboard(args) -> int:
         import optuna_dashboard
     except ImportError:
         fail("optuna-dashboard is not installed: pip install 'optuna-dashboard>=0.21,<0.22' (or pip install -e '.[dashboard]')")
-    from harness.app import compose_config
+    from harness.compose import compose_config
     from harness.tune.spec import parse
     from harness.tune.study import storage_for
 

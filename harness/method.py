@@ -87,6 +87,24 @@ def method_names() -> list[str]:
     return sorted(REGISTRY)
 
 
+# The erasers (methods/erasers.py: ESD, concept ablation) are shared by methods, not methods
+# themselves; their module registers its config keys here, as a method's class carries its own.
+_ERASER_KEYS: list = []
+
+
+def register_eraser_keys(declare) -> None:
+    """`declare()` -> {eraser name: {key: Spec}}, called when the keys are first needed."""
+    _ERASER_KEYS.append(declare)
+
+
+def eraser_keys() -> dict[str, dict]:
+    _discover()
+    out: dict[str, dict] = {}
+    for declare in _ERASER_KEYS:
+        out.update(declare())
+    return out
+
+
 def check_positive(cfg, key: str, kind=float, allow_zero: bool = False) -> None:
     """Validate one numeric config key (dotted path)."""
     from omegaconf import OmegaConf

@@ -308,9 +308,9 @@ def method_keys() -> dict[str, dict]:
 
 
 def eraser_keys() -> dict[str, dict]:
-    from methods.erasers import keys
+    from harness.method import eraser_keys as registered
 
-    return {name: {"name": NAME, **declared} for name, declared in keys().items()}
+    return {name: {"name": NAME, **declared} for name, declared in registered().items()}
 
 
 def declared(cfg: DictConfig) -> tuple[dict[str, Spec], dict[str, set[str]]]:
@@ -346,10 +346,7 @@ def check(cfg: DictConfig) -> None:
     specs, elsewhere = declared(cfg)
     tree = OmegaConf.to_container(cfg, resolve=True)
     tree.pop("hydra", None)
-    if tree.pop("tune", None) is not None:  # a tuning sweep's block: its own grammar (harness/tune/spec.py)
-        from harness.tune.spec import parse
-
-        parse(cfg)
+    tree.pop("tune", None)  # a tuning sweep's block: its own grammar (harness/tune/spec.py, checked by validate)
     leaves = dict(_leaves(tree))
     for key, value in leaves.items():
         spec = specs.get(key)

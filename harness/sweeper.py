@@ -48,7 +48,7 @@ class HarnessSweeper(Sweeper):
     # -- expansion -------------------------------------------------------------------------
     def expand(self, arguments: list[str]) -> list[list[str]]:
         """Override lists, one per grid point, in grid order."""
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from harness.internals import split_overrides
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         cli = parser.parse_overrides(list(arguments))
@@ -57,7 +57,7 @@ class HarnessSweeper(Sweeper):
         for grid in self.grids or [{}]:
             base = [f"{k}={v}" for k, v in {**self.params, **grid}.items() if k not in cli_keys]
             overrides = parser.parse_overrides(base) + cli
-            jobs.extend(BasicSweeper.split_arguments(overrides, None)[0])
+            jobs.extend(split_overrides(overrides))
         return jobs
 
     def compose(self, overrides: list[str]) -> DictConfig:
@@ -175,7 +175,7 @@ def close_sweep(folder: Path, cells: list, tracker, values: dict | None = None) 
 
 def describe(cell, overrides: list[str]) -> dict:
     """A cell as `python -m harness.jobs status` lists it."""
-    from analysis.records import row_params
+    from harness.record import row_params
     from harness.table import method_label
     from harness.tracking import flatten
 

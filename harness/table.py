@@ -12,16 +12,16 @@ from omegaconf import OmegaConf
 
 def method_label(cfg) -> str:
     """How a cell's method reads in tables and `python -m harness.jobs status`."""
-    from analysis.records import method_label as label
+    from harness.record import method_label as label
     from harness.tracking import flatten
 
     return label(flatten(OmegaConf.to_container(cfg, resolve=True)))
 
 
 def write_table(cells, folder: Path) -> str:
-    from analysis.records import from_cells
-    from analysis.render import markdown, to_csv
-    from analysis.tables import overview
+    from harness.record import from_cells
+    from harness.render import markdown, to_csv
+    from harness.summary import overview
 
     records = from_cells(cells)
     text = markdown(overview(records))

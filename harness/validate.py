@@ -17,6 +17,10 @@ def validate(cfg: DictConfig) -> None:
     """Every key's type and range (harness/schema.py), then what spans keys or files."""
     method = get_method(cfg.method.name)
     schema.check(cfg)
+    if cfg.get("tune") is not None:
+        from harness.tune.spec import parse
+
+        parse(cfg)
     _model(cfg)
     _data(cfg)
     concepts.resolve_set(cfg.data.domain, cfg.concepts.erase, cfg.concepts.retain)

@@ -23,6 +23,7 @@ from torch import nn
 
 from harness.concepts import Concept
 from harness.errors import ConfigError
+from harness.method import register_eraser_keys
 from harness.losses import ablation_target, esd_target, noisy_inputs, weighted_mse
 from harness.sampling import sample
 from harness.trainer import Optim, Stage
@@ -55,6 +56,9 @@ def keys() -> dict[str, dict]:
         }
 
     return {"esd": {"eta": S.non_negative(), **common("esd")}, "concept_ablation": common("concept_ablation")}
+
+
+register_eraser_keys(keys)
 
 
 def validate(cfg) -> None:

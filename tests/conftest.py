@@ -56,7 +56,7 @@ def order_of_sums_tolerance(*stages: tuple[float, int], fraction: float = 0.05) 
 
 
 def compose(overrides: list[str] = (), out_dir: Path | None = None):
-    from harness.app import compose_config
+    from harness.compose import compose_config
 
     extra = [f"out_dir={out_dir}"] if out_dir else []
     world = [] if "data=coco" in overrides else SMALL_WORLD

@@ -30,7 +30,8 @@ def uri(out: Path) -> str:
 
 
 def test_tables_from_mlflow_agree_with_the_cells_on_disk(smoke):
-    from analysis.records import from_cells, load
+    from analysis.records import load
+    from harness.record import from_cells
     from omegaconf import OmegaConf
 
     from harness.cell import Cell
@@ -91,7 +92,7 @@ def test_what_the_sweep_records_for_analysis(smoke):
 
 def test_a_cell_without_a_run_is_marked_missing(smoke, tmp_path):
     from analysis.records import load
-    from analysis.render import markdown
+    from harness.render import markdown
     from analysis.tables import style_removal
 
     store = tmp_path / "out"

@@ -100,7 +100,7 @@ def test_weights_are_verified_before_anything_starts(tmp_path, capsys):
     weights for another architecture fail by their header: each in one line naming the file."""
     import shutil
 
-    from harness.world.build import WEIGHTS
+    from harness.world import WEIGHTS
 
     copy = tmp_path / "weights"
     shutil.copytree(WEIGHTS, copy)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from harness.app import CONF, group_options
+from harness.compose import CONF, group_options
 from harness.errors import MissingInputError
 from harness.validate import validate
-from harness.world.build import WEIGHTS
+from harness.world import WEIGHTS
 from harness.app import plan_sweep
 from tests.conftest import SMALL, SMALL_WORLD, compose
 

@@ -197,7 +197,8 @@ def check_status_tail_cancel(cluster, tmp_path, sub, distill, bilevel):
 
 
 def test_a_crash_between_sbatch_and_recording_the_ids_orphans_nothing(cluster, tmp_path, monkeypatch):
-    from harness.app import compose_config, plan_sweep
+    from harness.app import plan_sweep
+    from harness.compose import compose_config
     from harness.launch import records
     from harness.launch.slurm import HarnessSlurmLauncher
     from harness.sweeper import job_config
@@ -408,7 +409,7 @@ def test_a_tuning_study_runs_its_workers_as_a_job_array(cluster, tmp_path):
     the budget spent exactly, every trial told by a SLURM worker."""
     import optuna
 
-    from harness.app import compose_config
+    from harness.compose import compose_config
     from harness.tune.spec import parse
     from harness.tune.study import open_study, study_name
     from tests.test_tune import TINY_STUDY
@@ -432,7 +433,7 @@ def test_a_requeued_tuning_worker_finishes_its_own_trial(cluster, tmp_path):
     it; the study ends with the budget, no trial failed."""
     import optuna
 
-    from harness.app import compose_config
+    from harness.compose import compose_config
     from harness.tune.spec import parse
     from harness.tune.study import open_study, study_name
     from tests.test_tune import TINY_STUDY

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from analysis.records import Record
-from analysis.render import Mark, Stat, latex, markdown, to_csv
-from analysis.tables import k_ablation, overview, ratio_loss, style_removal
+from harness.record import Record
+from harness.render import Mark, Stat, latex, markdown, to_csv
+from analysis.tables import k_ablation, ratio_loss, style_removal
+from harness.summary import overview
 
 
 def rec(method, seed=0, ratio=0.1, state="completed", K=None, eraser="esd", model="world", loss=(1.0, 2.0, 0.1), cell=None, **metrics):

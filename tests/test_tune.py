@@ -43,7 +43,7 @@ TINY_STUDY = ["-m", "sweep=tune_bilevel", *SMALL_WORLD, *SMALL, "eval.backbone=n
 def test_two_workers_on_one_journal_spend_the_budget_once(tmp_path):
     import optuna
 
-    from harness.app import compose_config
+    from harness.compose import compose_config
     from harness.tune.spec import parse
     from harness.tune.study import open_study, study_name
 
@@ -127,7 +127,7 @@ def test_a_worker_killed_mid_trial_is_cleaned_up_and_the_rerun_finishes_the_budg
 
     import optuna
 
-    from harness.app import compose_config
+    from harness.compose import compose_config
     from harness.tune.spec import parse
     from harness.tune.study import open_study, study_name
     from tests.conftest import REPO
@@ -198,7 +198,7 @@ def test_a_pruned_study_reports_every_trial_at_its_probe_step(tmp_path):
     attempt stopped, nothing failed), and together they spend the budget."""
     import optuna
 
-    from harness.app import compose_config
+    from harness.compose import compose_config
     from harness.tune.spec import parse
     from harness.tune.study import open_study
 

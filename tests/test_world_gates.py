@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from harness.models import build_parts
-from harness.world.build import WEIGHTS, Recipe, style_accuracy, teacher_style_rate, world_pool
+from harness.world import WEIGHTS
+from harness.world.build import Recipe, style_accuracy, teacher_style_rate, world_pool
 from harness.world.render import STYLES
 from harness.world.towers import StyleDescriptor, degrade
 from tests.conftest import compose
@@ -63,7 +64,7 @@ def concept_set_styles() -> set[str]:
     """Every world style that a concept set (harness/conf/concepts) erases or retains."""
     from omegaconf import OmegaConf
 
-    from harness.app import CONF
+    from harness.compose import CONF
 
     used = set()
     for path in (CONF / "concepts").glob("*.yaml"):

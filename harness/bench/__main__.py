@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         return fail(f"--device={device} asks for a GPU and torch sees none (torch {torch.__version__}, "
                     f"CUDA build {torch.version.cuda or 'none'}); run the CPU benchmark without --gpu")
-    from harness.app import compose_config
+    from harness.compose import compose_config
     from harness.bench import cell_overhead, evaluation, gpu, measure, report, training
     from harness.errors import ConfigError, MissingInputError
     overrides = [*PAPER_TABLE, *args.overrides, f"runtime.device={device}"]

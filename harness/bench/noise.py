@@ -36,7 +36,7 @@ BASE = ["sweep=paper_table", "method=distill", "pruning.ratio=0.05", "seed=0", "
 
 def trained_student(work: Path, overrides: list[str]):
     """The distill cell of `paper_table` at ratio 0.05 (trained here, or found done)."""
-    from harness.app import compose_config
+    from harness.compose import compose_config
     from harness.cell import Cell
     from harness.context import build_context
     from harness.pruning import load_pruned

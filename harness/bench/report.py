@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from analysis.render import Column, Table, markdown
+from harness.render import Column, Table, markdown
 
 TARGETS = {"harness_vs_plain": 1.05, "bilevel_k10": 1.15, "off_theory": 0.10}
 

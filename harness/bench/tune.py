@@ -25,7 +25,7 @@ def measure(sizes: list[int], repeats: int = 5) -> dict:
 
     import optuna
 
-    from harness.app import compose_config
+    from harness.compose import compose_config
     from harness.tune.spec import parse
     from harness.tune.study import open_study
 

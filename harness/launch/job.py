@@ -18,7 +18,7 @@ class CellJob:
         from omegaconf import OmegaConf
 
         from harness import distributed
-        from harness.app import setup_logging
+        from harness.logs import setup_logging
         from harness.cell import Cell
         from harness.runner import run_cell
 

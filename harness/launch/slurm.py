@@ -24,10 +24,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import OmegaConf
 
@@ -37,13 +36,6 @@ from harness.launch.job import CellJob
 from harness.launch.snapshot import freeze
 
 POLL_S = 3.0
-
-
-@dataclass
-class HarnessSlurmConf(SlurmQueueConf):
-    _target_: str = "hydra_plugins.harness_launcher.HarnessSlurmLauncher"
-    wait: bool = False  # true: follow the jobs to the end and print the table
-    freeze_code: bool = True  # jobs run a snapshot of the code taken at submission
 
 
 class HarnessSlurmLauncher(SlurmLauncher):
@@ -71,14 +63,13 @@ class HarnessSlurmLauncher(SlurmLauncher):
 
     def test_only(self, cells: int) -> None:
         """Ask the scheduler whether it would accept the array, without submitting it."""
-        from submitit.slurm.slurm import _make_sbatch_string
+        from harness.internals import sbatch_script
 
         if shutil.which("sbatch") is None:
             fail("launcher=slurm needs SLURM's sbatch on PATH: run from a login node, or start the local "
                  "cluster (slurm/cluster/start.sh) and source its env.sh")
         executor = self.executor(str(self.params["submitit_folder"]))
-        script = _make_sbatch_string(command="true", folder=tempfile.gettempdir(), map_count=cells,
-                                     **executor._executor.parameters)
+        script = sbatch_script(executor, "true", tempfile.gettempdir(), cells)
         with tempfile.NamedTemporaryFile("w", suffix=".sbatch") as handle:
             handle.write(script)
             handle.flush()
@@ -161,19 +152,3 @@ class HarnessSlurmLauncher(SlurmLauncher):
 
     def launch(self, job_overrides, initial_job_idx):
         raise NotImplementedError("the harness sweeper submits cells with submit_cells(); run sweeps with -m")
-
-
-def register() -> None:
-    """Make the launcher instantiable by Hydra (plugins only load from hydra_plugins.*)."""
-    import types
-
-    from hydra.core.config_store import ConfigStore
-    from hydra.core.plugins import Plugins
-
-    name = "hydra_plugins.harness_launcher"
-    if name not in sys.modules:
-        module = types.ModuleType(name)
-        module.HarnessSlurmLauncher = type("HarnessSlurmLauncher", (HarnessSlurmLauncher,), {"__module__": name})
-        sys.modules[name] = module
-        Plugins.instance().register(module.HarnessSlurmLauncher)
-    ConfigStore.instance().store(group="hydra/launcher", name="harness_slurm", node=HarnessSlurmConf, provider="harness")

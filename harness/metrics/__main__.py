@@ -105,7 +105,7 @@ def backbones_for(args):
 
 def main(argv: list[str]) -> int:
     from harness.metrics.backbones import FID_MODES
-    from harness.world.build import WEIGHTS
+    from harness.world import WEIGHTS
     from harness.world.render import STYLES
 
     parser = argparse.ArgumentParser(prog="python -m harness.metrics", description=__doc__.split("\n\n")[0])

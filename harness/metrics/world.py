@@ -21,7 +21,7 @@ FILES = ("world_clip.safetensors", "style_descriptor.safetensors")
 def world_weights(path: str | Path | None, key: str = "--weights") -> Path:
     """The backbones' folder (None: the shipped one), or one line naming the missing file."""
     if path is None:
-        from harness.world.build import WEIGHTS
+        from harness.world import WEIGHTS
 
         path = WEIGHTS
     folder = Path(str(path)).expanduser()

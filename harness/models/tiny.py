@@ -108,7 +108,7 @@ def teacher_weights(cfg: DictConfig) -> Path | None:
     if cfg.get("weights"):
         path = Path(str(cfg.weights)).expanduser()
     elif cfg.name == "world":
-        from harness.world.build import WEIGHTS
+        from harness.world import WEIGHTS
 
         path = WEIGHTS / "teacher.safetensors"
     else:

@@ -128,7 +128,7 @@ def status(folder: Path) -> str:
     from harness.tune.spec import parse
 
     info = json.loads((folder / "study.json").read_text())
-    from harness.app import compose_config
+    from harness.compose import compose_config
 
     spec = parse(compose_config(info["arguments"]))
     study = open_study(info["name"], spec, folder)

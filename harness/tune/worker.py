@@ -74,13 +74,15 @@ def _tag_run(cfg, cell, study: str, number: int) -> None:
 def next_trial(study, spec, me: dict, folder: Path):
     """This worker's own unfinished trial (after a requeue), else a new one if the budget
     allows (trials that completed, were pruned or are running count against it)."""
-    from optuna.trial import Trial, TrialState
+    from optuna.trial import TrialState
+
+    from harness.internals import running_trial
 
     with BudgetLock(folder):
         trials = study.get_trials(deepcopy=False)
         mine = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("worker") == me["worker"]]
         if mine:
-            return Trial(study, mine[0]._trial_id)
+            return running_trial(study, mine[0])
         spent = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for t in trials)
         if spent >= spec.trials:
             return None
@@ -93,7 +95,8 @@ def next_trial(study, spec, me: dict, folder: Path):
 def run(folder: Path, index: int) -> int:
     import optuna
 
-    from harness.app import compose_config, setup_logging
+    from harness.compose import compose_config
+    from harness.logs import setup_logging
     from harness.cell import Cell
     from harness.runner import run_cell
     from harness.tune.spec import parse

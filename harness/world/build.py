@@ -32,10 +32,9 @@ from harness.files import write_atomic, write_via
 from harness.data.world import RenderedSet
 from harness.losses import diffusion_target, min_snr_weights, noisy_inputs, weighted_mse
 from harness.trainer import Optim, Stage, Trainer, TrainConfig
+from harness.world import WEIGHTS  # where the recipe writes by default
 from harness.world.render import STYLES, sample_scenes
 from harness.world.towers import STYLE_CLASSES, StyleDescriptor, WorldClip, degrade
-
-WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 
 @dataclass
