@@ -97,10 +97,10 @@ def load_study(folder: Path) -> StudyView:
     spec = parse(base)
     study = open_study(info["name"], spec, folder)
     out_dir = Path(base.out_dir)
-    points, hand = [], None
+    points, hand, mine = [], None, info.get("hand_picked")
     for t in study.get_trials(deepcopy=False):
-        if t.system_attrs.get("fixed_params") is not None and t.user_attrs.get("retry_of") is None and hand is None:
-            hand = t.number  # the sweep's own point, enqueued first (tune/launch.py)
+        if mine is not None and hand is None and t.state == optuna.trial.TrialState.COMPLETE and t.params == mine:
+            hand = t.number  # the sweep's own point (tune/launch.py queues it)
         if t.state != optuna.trial.TrialState.COMPLETE or not t.user_attrs.get("cell"):
             continue
         results = json.loads((out_dir / "cells" / t.user_attrs["cell"] / "results.json").read_text())

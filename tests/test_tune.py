@@ -269,3 +269,16 @@ def test_fronts_are_compared_beyond_evaluation_noise():
     assert pairs[("good", "bad")]["beyond_noise"] and not pairs[("good", "twin")]["beyond_noise"]
     cheat = _study("cheat", [((0.1, 0.1), 10)], se=0.1, constraint=True)  # breaks the retained-style constraint
     assert analyse([cheat], {"fid": 5.0, "presence/erased": 40.0}, boots=20)["studies"][0]["hypervolume"] == 0.0
+
+
+def test_a_trials_reference_cells_are_valid_cells():
+    """A bilevel trial's CSD reference is the distilled student: its config must validate as a
+    distill cell, not as a member of a study that searches bilevel's keys (the tune block once
+    travelled with it and failed every bilevel trial at evaluation: 'distill does not declare K')."""
+    from harness.cell import distill_config
+    from harness.tune.worker import trial_config
+    from harness.validate import validate
+
+    cfg = trial_config(["sweep=tune_bilevel"], ["method.K=7", "method.upper_lr=0.002"])
+    assert cfg.method.K == 7 and cfg.tune is None
+    validate(distill_config(cfg))

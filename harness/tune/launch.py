@@ -18,9 +18,8 @@ from omegaconf import DictConfig
 from harness.files import write_atomic
 
 
-def enqueue_defaults(study, spec, cfg: DictConfig) -> None:
-    """The sweep's own setting of every searched key, as the first trial (where it lies in
-    the space): the hand-picked point is measured like any other."""
+def hand_picked(spec, cfg: DictConfig) -> dict | None:
+    """The sweep's own setting of every searched key (None where one lies outside the space)."""
     from omegaconf import OmegaConf
 
     params = {}
@@ -28,9 +27,24 @@ def enqueue_defaults(study, spec, cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, p.key)
         inside = value in p.choices if p.kind == "choice" else (p.low <= value <= p.high if value is not None else False)
         if not inside:
-            return
+            return None
         params[p.key] = value
-    study.enqueue_trial(params, skip_if_exists=True)
+    return params
+
+
+def enqueue_defaults(study, params: dict | None) -> None:
+    """The hand-picked point as a trial, measured like any other: queued first, and again
+    on a rerun when no trial of it is waiting, running or has ended well (a failed one is
+    retried)."""
+    from optuna.trial import TrialState
+
+    if params is None:
+        return
+    alive = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+    for t in study.get_trials(deepcopy=False, states=alive):
+        if t.system_attrs.get("fixed_params", t.params) == params:
+            return
+    study.enqueue_trial(params)
 
 
 def run_tuning(cfg: DictConfig, arguments: list[str], slurm=None) -> dict:
@@ -48,15 +62,15 @@ def run_tuning(cfg: DictConfig, arguments: list[str], slurm=None) -> dict:
     folder = out_dir / "optuna" / name
     folder.mkdir(parents=True, exist_ok=True)
     study = open_study(name, spec, folder)
-    if not study.trials:
-        enqueue_defaults(study, spec, cfg)
+    defaults = hand_picked(spec, cfg)
+    enqueue_defaults(study, defaults)
     tracker = Tracker(cfg)
     parent = tracker.get_or_create_run(SWEEP_TAG, name, name, {"harness.sweep": cfg.get("sweep_name"), "optuna.study": name,
                                                                "optuna.trials": spec.trials})
     args = [a for a in arguments if not a.startswith("out_dir=")] + [f"out_dir={out_dir}"]
     if parent:
         args.append(f"tracking.parent_run_id={parent}")
-    write_atomic(folder / "study.json", json.dumps({"name": name, "arguments": args, "spec": spec.identity(),
+    write_atomic(folder / "study.json", json.dumps({"name": name, "arguments": args, "spec": spec.identity(), "hand_picked": defaults,
                                                     "trials": spec.trials, "workers": spec.workers}, indent=1))
     print(f"tune {name}: {spec.trials} trials, {spec.workers} workers, {len(spec.objectives)} objective(s); study in {folder}", flush=True)
     if slurm is not None:

@@ -92,6 +92,22 @@ def next_trial(study, spec, me: dict, folder: Path):
         return trial
 
 
+def trial_config(arguments: list[str], overrides: list[str]):
+    """A trial's cell config: the study's command line with the trial's values, validated,
+    without the `tune` block (a cell is a cell: the reference cells it needs, such as the
+    distilled student for CSD, are validated as what they are, not as members of the study)."""
+    from omegaconf import open_dict
+
+    from harness.compose import compose_config
+    from harness.validate import validate
+
+    cfg = compose_config([*arguments, *overrides])
+    validate(cfg)
+    with open_dict(cfg):
+        cfg.tune = None
+    return cfg
+
+
 def run(folder: Path, index: int) -> int:
     import optuna
 
@@ -101,7 +117,6 @@ def run(folder: Path, index: int) -> int:
     from harness.runner import run_cell
     from harness.tune.spec import parse
     from harness.tune.study import open_study, sweep_dead_workers, worker_identity
-    from harness.validate import validate
 
     setup_logging()
     info = json.loads((folder / "study.json").read_text())
@@ -116,8 +131,7 @@ def run(folder: Path, index: int) -> int:
         params = {p.key: p.suggest(trial) for p in spec.space}
         overrides = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in params.items()]
         try:
-            cfg = compose_config([*info["arguments"], *overrides])
-            validate(cfg)
+            cfg = trial_config(info["arguments"], overrides)
         except (ConfigError, MissingInputError) as exc:
             log.warning("tune %s: trial %d: %s", info["name"], trial.number, exc)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
