@@ -32,9 +32,10 @@ from analysis.tables import analysis_dir, common_args, load_study, log_to_parent
 from harness.summary import cell_value, order  # noqa: E402
 
 
-def _colours(labels):
+def _colours(ranked: dict[str, int]):
+    """{label: rank} -> {label: colour}, in the methods' order."""
     cmap = plt.get_cmap("tab10")
-    return {label: cmap(i % 10) for i, label in enumerate(sorted(set(labels), key=lambda x: (order(x), x)))}
+    return {label: cmap(i % 10) for i, label in enumerate(sorted(ranked, key=lambda x: (ranked[x], x)))}
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -48,7 +49,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 
 def quality_vs_suppression(study: Study):
-    cells = [r for r in study.completed if r.erases or r.method == "distill"]
+    cells = [r for r in study.completed if r.prunes]  # the erasing cells and the un-erased student
     by_id = {r.cell: r for r in study.records}
     points = []
     for r in cells:
@@ -57,7 +58,7 @@ def quality_vs_suppression(study: Study):
             points.append((r, fid, csd))
     if not points:
         return None
-    colours = _colours(r.label for r, _, _ in points)
+    colours = _colours({r.label: order(r) for r, _, _ in points})
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for label, colour in colours.items():
         mine = [(f, c) for r, f, c in points if r.label == label]
@@ -82,6 +83,7 @@ LOWER, UPPER = ("/lower/loss", "/inner/loss"), ("/upper/loss", "/outer/loss", "e
 
 def training_curves(study: Study, client):
     curves: dict[tuple[str, str], list[dict[int, float]]] = {}
+    ranks: dict[str, int] = {}
     for r in study.completed:
         if not r.run_id:
             continue
@@ -89,9 +91,10 @@ def training_curves(study: Study, client):
             level = "lower" if key.endswith(LOWER) else "upper" if key.endswith(UPPER) else None
             if level:
                 curves.setdefault((level, r.label), []).append(_history(client, r.run_id, key))
+                ranks[r.label] = order(r)
     if not curves:
         return None
-    colours = _colours(label for _, label in curves)
+    colours = _colours(ranks)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for (level, label), runs in sorted(curves.items()):
         ax = axes[0 if level == "lower" else 1]
@@ -127,7 +130,7 @@ def sample_grids(study: Study, client, columns: int = 6) -> list[tuple[str, obje
         for r in sorted(study.completed, key=lambda r: (r.seed, r.ratio or 0, r.K or 0)):
             if r.run_id and (not r.erases or concept in r.concepts):
                 picks.setdefault(r.label, r)
-        labels = sorted(picks, key=lambda x: (order(x), x))
+        labels = sorted(picks, key=lambda x: (order(picks[x]), x))
         with tempfile.TemporaryDirectory() as tmp:
             rows = [(label, _samples(client, picks[label], concept, Path(tmp))[:columns]) for label in labels]
         rows = [(label, images) for label, images in rows if images]
@@ -159,10 +162,10 @@ def recovery_curves(study: Study, client):
     series: dict[tuple, list[dict[int, float]]] = {}
     for r in cells:
         points = _history(client, r.run_id, f"recovery/{metric}")
-        last = int(r.param("finetune.steps")) if r.method in ("distill", "bilevel") else int(r.param("eraser.steps"))
+        last = r.kind.trained_steps(r.config())
         if metric in r.metrics:
             points[last] = r.metrics[metric]  # the final model completes the curve
-        series.setdefault((r.ratio, r.label if r.method != "distill" else r.loss), []).append(points)
+        series.setdefault((r.ratio, r.label if r.erases else r.loss), []).append(points)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     cmap, ratios = plt.get_cmap("viridis"), sorted({k[0] for k in series})
     styles = ["-", "--", ":", "-."]

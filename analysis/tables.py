@@ -2,7 +2,7 @@
 
     python -m analysis.tables --sweep paper_table                 # outputs/mlflow.db, its latest paper_table sweep
     python -m analysis.tables --sweep smoke --out-dir runs/a --paper
-    python -m analysis.tables --tracking-uri http://host:5000 --filter "tags.\\`harness.method\\` = 'bilevel'"
+    python -m analysis.tables --tracking-uri http://host:5000 --filter "tags.\\`harness.seed\\` = '0'"
 
 Tables: style removal per pruning ratio and concept set (averaged over the erased concepts,
 then per concept), pruning ratio × lower-level loss, and the K ablation of bilevel; each as
@@ -26,16 +26,17 @@ from harness.summary import (COST, FLOOR_LABEL, INTERVAL_NOTE, QUALITY, by_id_ma
 
 # -- the tables ---------------------------------------------------------------------------
 def style_removal(records: list[Record], published: bool = False) -> list[Table]:
-    """Per pruning ratio and concept set: teacher, distilled (no erasing), two-stage + each
-    eraser, bilevel; averaged over the erased concepts, then one table per erased concept."""
+    """Per pruning ratio and concept set: the references (teacher, the un-erased student), then
+    every erasing method in its declared order; averaged over the erased concepts, then one table per erased concept."""
     by_id, tables = by_id_map(records), []
     erasing = [r for r in records if r.erases]
     for (ratio, concepts), block in sorted(group(erasing, lambda r: (r.ratio, r.concepts)).items()):
         retained = block[0].retained
-        refs = [r for r in records if r.method == "teacher"] + [r for r in records if r.method == "distill" and r.ratio == ratio]
+        # the references: the unpruned teacher, and the un-erased student at this ratio
+        refs = [r for r in records if not r.prunes] + [r for r in records if r.prunes and not r.erases and r.ratio == ratio]
         kernel = kernel_split(refs + block)
         settings = group(refs + block, lambda r: (r.label, r.K, kernel(r)))
-        keys = sorted(settings, key=lambda k: (order(k[0]), k[0], k[1] or 0, k[2] or ""))
+        keys = sorted(settings, key=lambda k: (order(settings[k][0]), k[0], k[1] or 0, k[2] or ""))
         # titles are unique per table: a concept erased alone and the same concept within a set are two tables
         both = "+".join(concepts)
         views = [(f"{both} erased, averaged", concepts, "erased")] if len(concepts) > 1 else []
@@ -47,7 +48,7 @@ def style_removal(records: list[Record], published: bool = False) -> list[Table]
                 members = settings[(label, K, ks)]
                 row = row_of(with_kernel(label, ks), members, columns, by_id, erased=erased, retained=retained)
                 row["K"] = K
-                if label == "teacher":
+                if not members[0].prunes:
                     reference.add(len(rows))
                     rows.append(row)
                     floors = [f for m in members if (f := floor_record(m))]
@@ -56,7 +57,7 @@ def style_removal(records: list[Record], published: bool = False) -> list[Table]
                         rows.append({**row_of(FLOOR_LABEL, floors, columns, by_id, erased=erased, retained=retained), "K": None})
                     continue
                 rows.append(row)
-                pub = paper.published_style_row(label) if published and any(m.real_scale for m in members) else None
+                pub = members[0].kind.published(members[0].params) if published and any(m.real_scale for m in members) else None
                 if pub and (len(concepts) > 1 and view.endswith("averaged") or len(concepts) == 1):
                     reference.add(len(rows))
                     rows.append({"method": f"{label} (paper)", "_italic": True, **pub})
@@ -78,7 +79,7 @@ def style_removal(records: list[Record], published: bool = False) -> list[Table]
 
 def ratio_loss(records: list[Record]) -> list[Table]:
     """Fine-tuning quality by pruning ratio (columns) and lower-level loss (rows)."""
-    distill = [r for r in records if r.method == "distill"]
+    distill = [r for r in records if r.prunes and not r.erases]  # the un-erased students
     if not distill:
         return []
     by_id = by_id_map(records)
@@ -105,8 +106,9 @@ def ratio_loss(records: list[Record]) -> list[Table]:
 
 
 def k_ablation(records: list[Record]) -> list[Table]:
-    """Bilevel: lower steps per upper step (K), per ratio, concept set and solver."""
-    bilevel = [r for r in records if r.method == "bilevel"]
+    """Methods with an inner-steps key (bilevel: lower steps per upper step, K), per ratio,
+    concept set and method setting."""
+    bilevel = [r for r in records if r.K is not None]
     by_id, tables = by_id_map(records), []
     for (ratio, concepts), block in sorted(group(bilevel, lambda r: (r.ratio, r.concepts)).items()):
         columns = [Column("method", "method"), Column("K", "K"), *suppression(), *QUALITY, Column("n", "n"),

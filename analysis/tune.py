@@ -76,12 +76,13 @@ def _se(metrics: dict, metric: str, cfg) -> float | None:
 
 
 def label_of(cfg) -> str:
-    name = cfg.method.name
-    if name == "two_stage":
-        return f"two_stage+{cfg.eraser.name}"
-    if name == "bilevel":
-        return f"bilevel ({cfg.method.solver})"
-    return name
+    """The study's method as tables name it (the method's own label)."""
+    from omegaconf import OmegaConf
+
+    from harness.record import method_label
+    from harness.tracking import flatten
+
+    return method_label(flatten(OmegaConf.to_container(cfg, resolve=True)))
 
 
 def load_study(folder: Path) -> StudyView:

@@ -78,19 +78,6 @@ def _sha256(path: Path) -> str:
     return sha256(path)
 
 
-def distill_config(cfg: DictConfig) -> DictConfig:
-    """The config of the distill cell with the same settings: stage 1 of two-stage, and the
-    reference (un-erased distilled) model of every erasing cell's evaluation."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved.pop("hydra", None)
-    resolved["method"] = OmegaConf.to_container(OmegaConf.load(METHOD_CONF / "distill.yaml"))
-    # recovery points within fine-tuning carry over (one distill cell serves both); later ones
-    # belong to the erasing stage
-    steps = resolved["eval"].get("recovery_steps") or []
-    resolved["eval"]["recovery_steps"] = [s for s in steps if s <= resolved["finetune"]["steps"]]
-    return OmegaConf.create(resolved)
-
-
 def cell_id(cfg: DictConfig) -> str:
     blob = json.dumps(semantic_config(cfg), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:ID_LENGTH]

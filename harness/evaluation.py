@@ -127,7 +127,6 @@ def evaluate(ctx, model) -> tuple[dict, dict]:
     if ev.grid_neutral or concepts:
         sample_grid(ctx, model, ctx.folder / "samples.png", concepts)
     if ev.backbone != "none":
-        from harness.cell import distill_config
         from harness.image_eval import image_metrics
 
         backbones = metric_backbones(ev, ctx.device)
@@ -136,10 +135,10 @@ def evaluate(ctx, model) -> tuple[dict, dict]:
         # CSD and CP compare a model's concept images with the un-erased distilled model's (the
         # paper's convention: the distilled row reads 100 / 0); the teacher row has neither.
         method = get_method(ctx.cfg.method.name)
-        reference = None
-        if method.erases:
-            reference = ctx.require_cell(distill_config(ctx.cfg)) / "images"
-        elif method.prunes:
+        reference, ref_cfg = None, method.reference(ctx.cfg)
+        if ref_cfg is not None:
+            reference = ctx.require_cell(ref_cfg) / "images"
+        elif method.prunes:  # un-erased: its own images are its reference (CSD 100, CP 0)
             reference = ctx.folder / "images"
         more, more_info = image_metrics(ctx, model, backbones, concepts, reference)
         metrics.update(more)

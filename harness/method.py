@@ -33,6 +33,11 @@ class Method(ABC):
     keys: ClassVar[dict] = {}
     prunes: ClassVar[bool] = True  # False: the cell evaluates the unpruned teacher itself
     erases: ClassVar[bool] = True  # False: the cell is a reference for every concept set
+    # What tables and tools need to know, asked of the method rather than coded by its name:
+    order: ClassVar[int] = 50  # where its rows sit among a table's methods (lower first)
+    inner_steps_key: ClassVar[str | None] = None  # a key its rows are told apart by and ablated over (bilevel: method.K)
+    batch_keys: ClassVar[tuple[str, ...]] = ()  # its own batch sizes (each split over data-parallel processes)
+    continues_reference: ClassVar[bool] = False  # trains on from its reference cell: its cost includes that cell's
 
     def __init__(self, ctx: CellContext):
         self.ctx = ctx
@@ -42,6 +47,24 @@ class Method(ABC):
     def validate(cls, cfg) -> None:
         """Cross-key rules of this method (each key's type and range: `keys`); raise
         ConfigError naming the bad value."""
+
+    @classmethod
+    def label(cls, params: dict) -> str:
+        """How its rows read in tables, figures and `harness.jobs status`, from a cell's
+        flattened config (values as MLflow holds them: JSON text)."""
+        return cls.name
+
+    @classmethod
+    def published(cls, params: dict) -> dict | None:
+        """The paper's published style-removal numbers for this method (as `params` sets it
+        up), shown beside real-scale rows; None: the paper has none."""
+        return None
+
+    @classmethod
+    def reference(cls, cfg):
+        """The config of the cell this one is compared with (CSD and CP against its images)
+        and, with `continues_reference`, starts from; None: none (it is its own reference)."""
+        return None
 
     @classmethod
     def trained_steps(cls, cfg) -> int | None:

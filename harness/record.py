@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from harness.errors import ConfigError
 from harness.method import get_method
 
 
@@ -34,17 +35,45 @@ class Record:
     def method(self) -> str:
         return self.param("method.name", "")
 
+    def config(self):
+        """The cell's config, rebuilt from its flattened params (for what a method declares
+        as a function of its config, e.g. `trained_steps`)."""
+        from omegaconf import OmegaConf
+
+        tree: dict = {}
+        for key, value in self.params.items():
+            node = tree
+            *path, leaf = key.split(".")
+            for part in path:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    break
+            else:
+                node[leaf] = plain(value)
+        return OmegaConf.create(tree)
+
+    @property
+    def kind(self):
+        """The method's class (harness.method): what it declares about its cells."""
+        return get_method(self.method)
+
     @property
     def erases(self) -> bool:
-        return get_method(self.method).erases
+        return self.kind.erases
+
+    @property
+    def prunes(self) -> bool:
+        return self.kind.prunes
 
     @property
     def ratio(self) -> float | None:
-        return float(self.param("pruning.ratio")) if get_method(self.method).prunes else None
+        return float(self.param("pruning.ratio")) if self.prunes else None
 
     @property
     def K(self) -> int | None:
-        return int(self.param("method.K")) if self.method == "bilevel" else None
+        """The method's inner-steps key (bilevel: lower steps per upper step), if it has one."""
+        key = self.kind.inner_steps_key
+        return int(self.param(key)) if key and self.param(key) is not None else None
 
     @property
     def seed(self) -> int:
@@ -95,28 +124,25 @@ def kernel_note(records: list[Record]) -> str:
 
 
 def method_label(params: dict[str, str]) -> str:
-    """How a cell's method reads in tables and figures, from its flattened config."""
-    get = lambda k: _plain(params.get(k))  # noqa: E731
-    name = get("method.name")
-    if name == "two_stage":
-        return f"two-stage + {get('eraser.name')}"
-    if name == "bilevel":
-        return f"bilevel ({get('method.solver')}, {get('eraser.name')})"
-    if name == "distill":
-        return "diffusion loss only" if loss_label(params) == "diffusion only" else "distill only"
-    return str(name)
+    """How a cell's method reads in tables and figures, from its flattened config (the
+    method's own `label`)."""
+    name = plain(params.get("method.name"))
+    try:
+        return get_method(name).label(params)
+    except ConfigError:  # a record of a method this checkout does not have
+        return str(name)
 
 
 def loss_label(params: dict[str, str]) -> str:
     """The lower-level loss of a cell: diffusion only, KD only, or diffusion + KD."""
-    weight = lambda k: float(_plain(params.get(f"finetune.loss.{k}")) or 0)  # noqa: E731
+    weight = lambda k: float(plain(params.get(f"finetune.loss.{k}")) or 0)  # noqa: E731
     kd = weight("output_kd") > 0 or weight("feature_kd") > 0
     if weight("diffusion") > 0:
         return "diffusion + KD" if kd else "diffusion only"
     return "KD only"
 
 
-def _plain(value):
+def plain(value):
     try:
         return json.loads(value) if isinstance(value, str) else value
     except json.JSONDecodeError:

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness import distributed, numerics
-from harness.cell import Cell, cell_id, distill_config, write_atomic
+from harness.cell import Cell, cell_id, write_atomic
 from harness.context import build_context, pick_device
 from harness.costs import CostMeter
 from harness.env import environment
@@ -205,7 +205,7 @@ def _train_and_evaluate_measured(cfg: DictConfig, cell: Cell, run: CellRun, trac
         "metric_info": metric_info,
         "pruning": {k: v for k, v in vars(ctx.prune_report).items() if k != "kept_channels"},
         # the distill cell this one starts from or is compared with (cost of stage 1, CSD reference)
-        "depends_on": cell_id(distill_config(cfg)) if method_cls.erases else None,
+        "depends_on": cell_id(ref) if (ref := method_cls.reference(cfg)) is not None else None,
         "timings": {**timings, "eval_seconds": time.perf_counter() - t_eval, "total_seconds": time.perf_counter() - t_start},
         "finished_at": _now(),
         # what decides the numbers beyond the config (harness/numerics.py): tables never

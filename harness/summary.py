@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import statistics
 
+from harness.errors import ConfigError
 from harness.record import Record, kernel_note, kernel_split
 from harness.render import Column, Mark, Stat, Table
 
@@ -29,7 +30,7 @@ def cell_value(record: Record, key: str, by_id: dict[str, Record], erased=None, 
         return record.metrics.get("cost/peak_gpu_gb", record.metrics.get("cost/peak_rss_gb"))
     if key == "method_wall_s":  # what the method cost: a two-stage cell adds its stage 1 (the distill cell)
         own = record.metrics.get("cost/wall_s")
-        if own is None or record.method != "two_stage":
+        if own is None or not record.kind.continues_reference:
             return own
         first = by_id.get(record.depends_on or "")
         return own + first.metrics["cost/wall_s"] if first and "cost/wall_s" in first.metrics else None
@@ -118,11 +119,12 @@ def with_kernel(label: str, kernel_set: str | None) -> str:
     return f"{label} [{kernel_set}]" if kernel_set else label
 
 
-LABEL_ORDER = ("teacher", "distill only", "diffusion loss only", "two-stage", "bilevel")
-
-
-def order(label: str) -> int:
-    return next((i for i, p in enumerate(LABEL_ORDER) if label.startswith(p)), len(LABEL_ORDER))
+def order(record: Record) -> int:
+    """Where a record's rows sit among a table's methods (the method's `order`)."""
+    try:
+        return record.kind.order
+    except ConfigError:  # a record of a method this checkout does not have: last
+        return 1_000
 
 
 def by_id_map(records):
@@ -145,12 +147,13 @@ def overview(records: list[Record], per_cell: bool = False) -> Table:
                Column("cell s", "cost/wall_s"), Column("cells", "cells")]
     kernel = kernel_split(records)
     settings = group(records, lambda r: (r.label, r.concepts if r.erases else (), r.ratio, r.K, r.cell if per_cell else "", kernel(r) or ""))
-    rows = []
-    for key in sorted(settings, key=lambda k: (k[2] if k[2] is not None else -1, order(k[0]), k[0], k[1], k[3] or 0, k[4], k[5])):
+    rows, reference = [], set()
+    for key in sorted(settings, key=lambda k: (k[2] if k[2] is not None else -1, order(settings[k][0]), k[0], k[1], k[3] or 0, k[4], k[5])):
         label, concepts, ratio, K, _, ks = key
         members = settings[key]
         row = row_of(with_kernel(label, ks), members, columns, by_id)
         row.update(concepts="+".join(concepts) or "–", ratio=ratio, K=K, cells=" ".join(m.cell for m in members))
+        if not members[0].prunes:  # the unpruned teacher: a reference row, never bold
+            reference.add(len(rows))
         rows.append(row)
-    return Table("All cells", drop_empty(columns, rows), rows, [INTERVAL_NOTE, kernel_note(records)],
-                 {i for i, r in enumerate(rows) if r["method"].startswith("teacher")})
+    return Table("All cells", drop_empty(columns, rows), rows, [INTERVAL_NOTE, kernel_note(records)], reference)

@@ -184,7 +184,8 @@ def describe(cell, overrides: list[str]) -> dict:
     return {
         "cell_id": cell.id, "method": cfg.method.name, "label": method_label(cfg),
         "concepts": ",".join(cfg.concepts.erase) if method.erases else None,
-        "ratio": cfg.pruning.ratio if method.prunes else None, "K": cfg.method.get("K") if cfg.method.name == "bilevel" else None,
+        "ratio": cfg.pruning.ratio if method.prunes else None,
+        "K": OmegaConf.select(cfg, method.inner_steps_key) if method.inner_steps_key else None,
         "seed": cfg.seed, "overrides": overrides,
         "params": row_params(flatten(OmegaConf.to_container(cfg, resolve=True))),
     }

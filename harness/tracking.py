@@ -188,6 +188,7 @@ class Tracker:
 
 
 def cell_tags(cfg: DictConfig, cell_id: str, env: dict | None = None) -> dict:
+    from harness.cell import cell_id as id_of
     from harness.method import get_method
 
     m = cfg.method
@@ -197,11 +198,11 @@ def cell_tags(cfg: DictConfig, cell_id: str, env: dict | None = None) -> dict:
     return {
         "harness.method": m.name,
         "harness.solver": m.get("solver"),
-        "harness.K": m.get("K"),
+        "harness.K": OmegaConf.select(cfg, method.inner_steps_key) if method.inner_steps_key else None,
         "harness.eraser": cfg.eraser.name if uses_concepts else None,
         "harness.concepts": ",".join(cfg.concepts.erase) if uses_concepts else None,
         "harness.pruning_ratio": cfg.pruning.ratio if method.prunes else None,
-        "harness.depends_on": _distill_cell_id(cfg) if method.erases else None,
+        "harness.depends_on": id_of(ref) if (ref := method.reference(cfg)) is not None else None,
         "harness.model": cfg.model.name,
         "harness.seed": cfg.seed,
         "harness.metric_backbones": cfg.eval.get("backbone"),
@@ -209,12 +210,6 @@ def cell_tags(cfg: DictConfig, cell_id: str, env: dict | None = None) -> dict:
         **slurm_tags(env.get("slurm") or {}),
         **numerics.tags(env),
     }
-
-
-def _distill_cell_id(cfg: DictConfig) -> str:
-    from harness.cell import cell_id, distill_config
-
-    return cell_id(distill_config(cfg))
 
 
 def slurm_tags(slurm: dict) -> dict:

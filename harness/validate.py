@@ -33,7 +33,7 @@ def validate(cfg: DictConfig) -> None:
 def _split_over_processes(cfg: DictConfig) -> None:
     """Under torchrun every batch is split over the data-parallel processes (WORLD_SIZE)."""
     processes = int(os.environ.get("WORLD_SIZE", "1"))
-    keys = ["finetune.batch_size", "eraser.batch_size"] + (["method.upper_batch_size"] if cfg.method.name == "bilevel" else [])
+    keys = ["finetune.batch_size", "eraser.batch_size", *get_method(cfg.method.name).batch_keys]
     for key in keys:
         value = OmegaConf.select(cfg, key)
         if value % processes:

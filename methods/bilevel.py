@@ -34,8 +34,10 @@ import torch
 
 from harness import schema as S
 from harness.method import Method, register
+from harness.record import plain
 from harness.trainer import Optim, Stage
 from methods import erasers
+from methods.distill import distill_config
 
 SOLVERS = ("alternating", "penalty")
 
@@ -130,6 +132,9 @@ class PenaltyStage(AlternatingStage):
 class Bilevel(Method):
     name = "bilevel"
     sections = ("concepts", "eraser")
+    order = 40
+    inner_steps_key = "method.K"
+    batch_keys = ("method.upper_batch_size",)
     keys = {
         "solver": S.choice(*SOLVERS),
         "K": S.positive_int(),  # lower steps per upper step
@@ -144,6 +149,18 @@ class Bilevel(Method):
     @classmethod
     def validate(cls, cfg) -> None:
         erasers.validate(cfg)
+
+    @classmethod
+    def label(cls, params):
+        return f"bilevel ({plain(params.get('method.solver'))}, {plain(params.get('eraser.name'))})"
+
+    @classmethod
+    def published(cls, params):
+        return {"clip_concept_erased": 26.28, "cp_erased": 97.6, "csd_erased": 39.04, "fid": 22.24, "clip_score": 29.19}
+
+    @classmethod
+    def reference(cls, cfg):
+        return distill_config(cfg)
 
     def stages(self):
         # The upper objective's reference is the frozen ORIGINAL (unpruned) teacher.

@@ -17,6 +17,7 @@ class Teacher(Method):
     common_sections = ("model", "data", "method", "eval")
     prunes = False
     erases = False
+    order = 0
 
     @classmethod
     def trained_steps(cls, cfg):

@@ -10,15 +10,32 @@
 
 from __future__ import annotations
 
-from harness.cell import distill_config
 from harness.method import Method, register
+from harness.record import plain
 from methods import erasers
+from methods.distill import distill_config
 
 
 @register
 class TwoStage(Method):
     name = "two_stage"
     sections = ("concepts", "eraser")
+    order = 30
+    continues_reference = True  # stage 1 is its reference cell, the distilled student
+
+    @classmethod
+    def label(cls, params):
+        return f"two-stage + {plain(params.get('eraser.name'))}"
+
+    @classmethod
+    def published(cls, params):
+        if plain(params.get("eraser.name")) == "esd":  # the paper's two-stage rows use ESD (and UCE, ConceptPrune)
+            return {"clip_concept_erased": 30.78, "cp_erased": 84.0, "csd_erased": 61.45, "fid": 30.38, "clip_score": 29.02}
+        return None
+
+    @classmethod
+    def reference(cls, cfg):
+        return distill_config(cfg)
 
     @classmethod
     def validate(cls, cfg) -> None:
@@ -29,6 +46,6 @@ class TwoStage(Method):
         return cfg.eraser.steps  # the eraser stage (stage 1 is the distill cell's)
 
     def stages(self):
-        self.ctx.load_student(self.ctx.require_cell(distill_config(self.cfg)))
+        self.ctx.load_student(self.ctx.require_cell(self.reference(self.cfg)))
         frozen = self.ctx.frozen_copy(self.ctx.student)
         yield erasers.EraseStage(self.ctx, frozen, x_source=self.cfg.eraser.x_source)

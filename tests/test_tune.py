@@ -275,7 +275,7 @@ def test_a_trials_reference_cells_are_valid_cells():
     """A bilevel trial's CSD reference is the distilled student: its config must validate as a
     distill cell, not as a member of a study that searches bilevel's keys (the tune block once
     travelled with it and failed every bilevel trial at evaluation: 'distill does not declare K')."""
-    from harness.cell import distill_config
+    from methods.distill import distill_config
     from harness.tune.worker import trial_config
     from harness.validate import validate
 
