@@ -111,6 +111,9 @@ def check(argv: list[str]) -> None:
 
 def main() -> None:
     check(sys.argv[1:])
+    from harness.compose import search_path
+
+    sys.argv.extend(search_path())  # the HARNESS_METHODS folders' configs, for Hydra's own composition
     task()
 
 

@@ -38,8 +38,10 @@ ID_LENGTH = 10
 
 
 def method_keys(name: str) -> list[str]:
-    """The keys a method's config defines (harness/conf/method/<name>.yaml)."""
-    return list(OmegaConf.load(METHOD_CONF / f"{name}.yaml").keys())
+    """The keys a method's config defines (harness/conf/method/<name>.yaml, or HARNESS_METHODS')."""
+    from harness.compose import config_file
+
+    return list(OmegaConf.load(config_file("method", name) or METHOD_CONF / f"{name}.yaml").keys())
 
 
 def semantic_config(cfg: DictConfig) -> dict:

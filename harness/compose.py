@@ -12,6 +12,37 @@ REPO = Path(__file__).resolve().parent.parent
 CONF = Path(__file__).resolve().parent / "conf"
 SWEEPS = REPO / "sweeps"
 SLURM_PRESETS = REPO / "slurm"  # launcher presets beside the cluster scripts (launcher=slurm)
+# Methods kept outside this repository: folders, separated like PATH, each holding method
+# modules (<folder>/*.py, discovered like methods/) and their configs (<folder>/conf/method/*.yaml)
+METHODS_ENV = "HARNESS_METHODS"
+
+
+def method_dirs() -> list[Path]:
+    """The folders `HARNESS_METHODS` names (each must exist)."""
+    import os
+
+    from harness.errors import fail
+
+    folders = [Path(p).expanduser().resolve() for p in os.environ.get(METHODS_ENV, "").split(os.pathsep) if p]
+    for folder in folders:
+        if not folder.is_dir():
+            fail(f"{METHODS_ENV}={folder}: no such folder (folders of method modules, each with conf/method/<name>.yaml)")
+    return folders
+
+
+def search_path() -> list[str]:
+    """The `hydra.searchpath` override that adds those folders' configs ([] without any)."""
+    extra = [f"file://{d / 'conf'}" for d in method_dirs()]
+    return [f"hydra.searchpath=[{','.join(extra)}]"] if extra else []
+
+
+def config_file(group: str, name: str) -> Path | None:
+    """A config group option's file: harness/conf/<group>/<name>.yaml, or one from HARNESS_METHODS."""
+    for root in (CONF, *(d / "conf" for d in method_dirs())):
+        path = root / group / f"{name}.yaml"
+        if path.is_file():
+            return path
+    return None
 
 
 def register_configs() -> None:
@@ -31,6 +62,9 @@ def register_configs() -> None:
 
 def group_options() -> dict[str, list[str]]:
     options = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in CONF.iterdir() if p.is_dir()}
+    for root in (d / "conf" for d in method_dirs()):
+        for group in (p for p in root.iterdir() if p.is_dir()) if root.is_dir() else ():
+            options[group.name] = sorted(set(options.get(group.name, [])) | {f.stem for f in group.glob("*.yaml")})
     options["sweep"] = sorted(p.stem for p in SWEEPS.glob("*.yaml"))
     options["launcher"] = sorted(options.get("launcher", []) + [p.stem for p in SLURM_PRESETS.glob("*.yaml")])
     return options
@@ -42,7 +76,7 @@ def compose_config(overrides: list[str] | None = None, return_hydra_config: bool
 
     register_configs()
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides or []), return_hydra_config=return_hydra_config)
+        return compose("config", overrides=[*search_path(), *(overrides or [])], return_hydra_config=return_hydra_config)
 
 
 def load_multirun(arguments: list[str], multirun: bool = True):
@@ -53,4 +87,5 @@ def load_multirun(arguments: list[str], multirun: bool = True):
 
     register_configs()
     loader = config_loader(CONF)
-    return loader.load_configuration("config", overrides=list(arguments), run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN), loader
+    return loader.load_configuration("config", overrides=[*search_path(), *arguments],
+                                     run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN), loader

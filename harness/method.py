@@ -8,7 +8,9 @@ are discovered from the `methods` package: adding one is a new file there plus
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar
@@ -89,12 +91,24 @@ _discovered = False
 
 
 def _discover() -> None:
+    """Import every module of the `methods` package, then those of the HARNESS_METHODS folders
+    (each as `harness_methods.<folder>.<module>`): their @register decorators fill REGISTRY."""
     global _discovered
     if not _discovered:
         import methods
 
+        from harness.compose import method_dirs
+
         for info in pkgutil.iter_modules(methods.__path__):
             importlib.import_module(f"methods.{info.name}")
+        for folder in method_dirs():
+            for path in sorted(folder.glob("*.py")):
+                name = f"harness_methods.{folder.name}.{path.stem}"
+                if name not in sys.modules:
+                    spec = importlib.util.spec_from_file_location(name, path)
+                    module = importlib.util.module_from_spec(spec)
+                    sys.modules[name] = module
+                    spec.loader.exec_module(module)
         _discovered = True
 
 
