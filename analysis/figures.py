@@ -183,6 +183,16 @@ def recovery_curves(study: Study, client):
     return fig
 
 
+def save(fig, dest: Path, name: str) -> list[Path]:
+    """A figure as PNG and PDF under `dest`, closed; the paths written."""
+    paths = []
+    for ext in ("png", "pdf"):
+        fig.savefig(dest / f"{name}.{ext}", dpi=150)
+        paths.append(dest / f"{name}.{ext}")
+    plt.close(fig)
+    return paths
+
+
 def make_all(study: Study, dest: Path) -> list[Path]:
     client = client_for(study.tracking_uri)
     figures = [("quality_vs_suppression", quality_vs_suppression(study)), ("training_curves", training_curves(study, client)),
@@ -190,12 +200,8 @@ def make_all(study: Study, dest: Path) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, fig in figures:
-        if fig is None:
-            continue
-        for ext in ("png", "pdf"):
-            fig.savefig(dest / f"{name}.{ext}", dpi=150)
-            paths.append(dest / f"{name}.{ext}")
-        plt.close(fig)
+        if fig is not None:
+            paths += save(fig, dest, name)
     return paths
 
 

@@ -325,10 +325,9 @@ def markdown(result: dict, studies: list[StudyView]) -> str:
 
 
 def figures(result: dict, studies: list[StudyView], dest: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from analysis.figures import save  # (headless: it selects the Agg backend)
 
     paths = []
     objectives = studies[0].objectives
@@ -352,10 +351,7 @@ def figures(result: dict, studies: list[StudyView], dest: Path) -> list[Path]:
         ax.set_title("Pareto fronts (★ the sweep's own setting)")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        for ext in ("png", "pdf"):
-            fig.savefig(dest / f"fronts.{ext}", dpi=150)
-            paths.append(dest / f"fronts.{ext}")
-        plt.close(fig)
+        paths += save(fig, dest, "fronts")
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for s, res in enumerate(result["studies"]):
         xs, ys = zip(*res["history"]) if res["history"] else ((), ())
@@ -364,11 +360,7 @@ def figures(result: dict, studies: list[StudyView], dest: Path) -> list[Path]:
     ax.set_ylabel("hypervolume of the front so far")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    for ext in ("png", "pdf"):
-        fig.savefig(dest / f"history.{ext}", dpi=150)
-        paths.append(dest / f"history.{ext}")
-    plt.close(fig)
-    return paths
+    return paths + save(fig, dest, "history")
 
 
 def log_to_parents(studies: list[StudyView], result: dict, paths: list[Path]) -> None:
