@@ -136,8 +136,13 @@ def evaluate(ctx, model) -> tuple[dict, dict]:
         # paper's convention: the distilled row reads 100 / 0); the teacher row has neither.
         method = get_method(ctx.cfg.method.name)
         reference, ref_cfg = None, method.reference(ctx.cfg)
-        if ref_cfg is not None:
-            reference = ctx.require_cell(ref_cfg) / "images"
+        if ref_cfg is not None:  # finished before this cell started (runner): read, never trained here
+            from harness.cell import Cell
+
+            ref_cell = Cell(ref_cfg)
+            if not ref_cell.done:
+                raise RuntimeError(f"reference cell {ref_cell.id} of cell {ctx.folder.name} is not completed")
+            reference = ref_cell.dir / "images"
         elif method.prunes:  # un-erased: its own images are its reference (CSD 100, CP 0)
             reference = ctx.folder / "images"
         more, more_info = image_metrics(ctx, model, backbones, concepts, reference)

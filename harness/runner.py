@@ -148,6 +148,12 @@ def _train_and_evaluate_measured(cfg: DictConfig, cell: Cell, run: CellRun, trac
         run_cell(dep_cfg, tracker)
         return dep.dir
 
+    method_cls = get_method(cfg.method.name)
+    reference = method_cls.reference(cfg)
+    if reference is not None and (method_cls.continues_reference or cfg.eval.backbone != "none"):
+        # the cell this one starts from, or whose images its image metrics compare with,
+        # finished before this one starts: training and evaluation then only read it
+        require_cell(reference)
     ctx = build_context(cfg, cell.dir, require_cell)
 
     def on_log(stage: str, step: int, values: dict) -> None:
@@ -196,7 +202,6 @@ def _train_and_evaluate_measured(cfg: DictConfig, cell: Cell, run: CellRun, trac
             # quality along training, from the checkpoints kept at those steps (logged per step)
             for step, values in recovery(ctx, last_stage, cell.path("checkpoints") / last_stage.name, cfg.eval.recovery_steps):
                 cell.append_metrics({"time": time.time(), "stage": "recovery", "step": step, "values": values})
-    method_cls = get_method(cfg.method.name)
     return {
         "cell_id": cell.id,
         "method": cfg.method.name,
@@ -204,8 +209,8 @@ def _train_and_evaluate_measured(cfg: DictConfig, cell: Cell, run: CellRun, trac
         "metrics": metrics,
         "metric_info": metric_info,
         "pruning": {k: v for k, v in vars(ctx.prune_report).items() if k != "kept_channels"},
-        # the distill cell this one starts from or is compared with (cost of stage 1, CSD reference)
-        "depends_on": cell_id(ref) if (ref := method_cls.reference(cfg)) is not None else None,
+        # the cell this one starts from or is compared with: its method's `reference` (stage 1 cost, CSD reference)
+        "depends_on": cell_id(reference) if reference is not None else None,
         "timings": {**timings, "eval_seconds": time.perf_counter() - t_eval, "total_seconds": time.perf_counter() - t_start},
         "finished_at": _now(),
         # what decides the numbers beyond the config (harness/numerics.py): tables never

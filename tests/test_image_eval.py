@@ -20,6 +20,8 @@ def test_cells_measure_images_against_the_distilled_reference(tmp_path, tiny_wor
     bilevel = run_cell(compose(["method=bilevel", "method.upper_batch_size=2", "method.K=2", *world], tmp_path))
     cells = {json.loads((c / "results.json").read_text())["method"]: c for c in (tmp_path / "cells").iterdir()}
     assert set(cells) == {"bilevel", "distill"}  # the reference model was trained for the comparison
+    log = (cells["bilevel"] / "train.log").read_text()
+    assert log.index("needs cell") < log.index("pruned UNet")  # before the cell began, not inside its evaluation
     distill = json.loads((cells["distill"] / "results.json").read_text())["metrics"]
     m = bilevel["metrics"]
     for key in ("fid", "clip_score", "cmmd", "clip_concept/stripes", "presence/stripes", "csd/stripes", "cp/stripes"):
