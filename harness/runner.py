@@ -138,8 +138,6 @@ def _train_and_evaluate(cfg: DictConfig, cell: Cell, run: CellRun, tracker: Trac
 
 def _train_and_evaluate_measured(cfg: DictConfig, cell: Cell, run: CellRun, tracker: Tracker, observer=None) -> dict:
     t_start = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-
     main = run is not None  # rank 0 of a data-parallel cell, or the only process
 
     def require_cell(dep_cfg: DictConfig):
@@ -154,6 +152,9 @@ def _train_and_evaluate_measured(cfg: DictConfig, cell: Cell, run: CellRun, trac
         # the cell this one starts from, or whose images its image metrics compare with,
         # finished before this one starts: training and evaluation then only read it
         require_cell(reference)
+    # seeded after the reference: a cell computes the same whether its reference ran in this
+    # process just now or was finished before
+    torch.manual_seed(cfg.seed)
     ctx = build_context(cfg, cell.dir, require_cell)
 
     def on_log(stage: str, step: int, values: dict) -> None:

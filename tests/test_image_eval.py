@@ -73,3 +73,23 @@ def test_image_set_features_are_computed_once_and_follow_the_files(tmp_path):
     save_images(tmp_path / "set", -images, ["a", "b", "c"], [1, 2, 3])  # the set's files change
     changed = load_images(tmp_path / "set").features("bb-kind", extract)
     assert calls == [3, 3] and not torch.equal(first, changed)
+
+
+def test_a_cell_computes_the_same_whether_its_reference_ran_just_before_or_earlier(tmp_path, tiny_world_weights):
+    """The reference (the distilled student a bilevel cell's CSD compares with) trains before
+    the cell starts; the cell is seeded after it, so its weights and metrics do not depend on
+    whether the reference ran in the same call or was there already."""
+    from safetensors.torch import load_file
+
+    from methods.distill import distill_config
+
+    world = ["eval.backbone=world", f"eval.weights={tiny_world_weights}", *EVAL]
+    args = ["method=bilevel", "method.upper_batch_size=2", "method.K=2", *world]
+    together = run_cell(compose(args, tmp_path / "together"))
+    apart_cfg = compose(args, tmp_path / "apart")
+    run_cell(distill_config(apart_cfg))
+    apart = run_cell(apart_cfg)
+    assert together["metrics"] == apart["metrics"]
+    a = load_file(tmp_path / "together" / "cells" / together["cell_id"] / "student.safetensors")
+    b = load_file(tmp_path / "apart" / "cells" / apart["cell_id"] / "student.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
