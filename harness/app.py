@@ -16,7 +16,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from harness.compose import CONF, compose_config, group_options, load_multirun, register_configs
+from harness.compose import CONF, compose_config, group_options, load_with_hydra_node, register_configs
 from harness.errors import ConfigError, MissingInputError, fail
 from harness.logs import setup_logging
 
@@ -55,7 +55,7 @@ def precheck(argv: list[str]) -> DictConfig | None:
                     fail(f"{key}={choice} is not accepted: one of {', '.join(options[key])}")
     multirun = "-m" in argv or "--multirun" in argv
     try:
-        return load_multirun(overrides, multirun)[0]
+        return load_with_hydra_node(overrides, multirun)[0]
     except HydraException as exc:
         lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
         fail(" ".join(lines[:2]))
@@ -125,7 +125,7 @@ def plan_sweep(arguments: list[str]):
     from harness.sweeper import HarnessSweeper
 
     register_plugins()
-    config, loader = load_multirun(arguments)
+    config, loader = load_with_hydra_node(arguments)
 
     options = {k: v for k, v in OmegaConf.to_container(config.hydra.sweeper).items() if k != "_target_"}
     sweeper = HarnessSweeper(**options)

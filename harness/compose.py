@@ -79,8 +79,9 @@ def compose_config(overrides: list[str] | None = None, return_hydra_config: bool
         return compose("config", overrides=[*search_path(), *(overrides or [])], return_hydra_config=return_hydra_config)
 
 
-def load_multirun(arguments: list[str], multirun: bool = True):
-    """(config with its `hydra` node, the loader) for a command line, as Hydra's app composes it."""
+def load_with_hydra_node(arguments: list[str], multirun: bool = True):
+    """(the config with its `hydra` node, the loader) for a command line, as Hydra's app composes it
+    (before the app starts: to check every cell of a sweep first)."""
     from hydra.types import RunMode
 
     from harness.internals import config_loader
