@@ -190,16 +190,36 @@ def study_hypervolume(study: StudyView, ref: list[float], draw=None) -> float:
     return hypervolume([pts[i] for i in front_indices(pts)], ref) if pts else 0.0
 
 
+PERCENT = ("presence", "cp", "csd")  # metric families in [0, 100]
+NON_NEGATIVE = ("fid", "cmmd", "heldout_mse")
+
+
+def redraw(rng, metric: str, value: float, se: float | None) -> float:
+    """`value` + N(0, se²), kept inside the metric's range: a presence of 0 with an se of 0.5
+    cannot be redrawn as −0.5 (that would credit a front with suppression no model can have
+    and push the interval above the value it is the interval of)."""
+    if not se:
+        return value
+    drawn = value + rng.normal(0.0, se)
+    family = metric.split("/")[0]
+    if family in PERCENT:
+        return min(max(drawn, 0.0), 100.0)
+    if family in NON_NEGATIVE:
+        return max(drawn, 0.0)
+    return drawn
+
+
 def bootstrap(studies: list[StudyView], ref: list[float], boots: int, seed: int = 0) -> np.ndarray:
-    """(boots, studies) hypervolumes with every trial's metrics redrawn from N(value, se²)."""
+    """(boots, studies) hypervolumes with every trial's metrics redrawn from N(value, se²),
+    within each metric's range."""
     rng = np.random.default_rng(seed)
     out = np.zeros((boots, len(studies)))
     for b in range(boots):
         for s, study in enumerate(studies):
             draw = []
             for p in study.points:
-                values = [v + rng.normal(0.0, se) if se else v for v, se in zip(p.values, p.se)]
-                cons = {m: v + rng.normal(0.0, se) if se else v for m, (v, se) in p.constraint_metrics.items()}
+                values = [redraw(rng, m, v, se) for (m, _), v, se in zip(study.objectives, p.values, p.se)]
+                cons = {m: redraw(rng, m, v, se) for m, (v, se) in p.constraint_metrics.items()}
                 draw.append((values, cons))
             out[b, s] = study_hypervolume(study, ref, draw)
     return out

@@ -282,3 +282,16 @@ def test_a_trials_reference_cells_are_valid_cells():
     cfg = trial_config(["sweep=tune_bilevel"], ["method.K=7", "method.upper_lr=0.002"])
     assert cfg.method.K == 7 and cfg.tune is None
     validate(distill_config(cfg))
+
+
+def test_redrawn_values_stay_inside_their_metrics_range():
+    import numpy as np
+
+    from analysis.tune import redraw
+
+    rng = np.random.default_rng(0)
+    presence = [redraw(rng, "presence/erased", 0.0, 5.0) for _ in range(200)] + [redraw(rng, "csd/stripes", 99.0, 5.0) for _ in range(200)]
+    assert min(presence) == 0.0 and max(presence) == 100.0 and all(0.0 <= v <= 100.0 for v in presence)
+    assert min(redraw(rng, "fid", 0.1, 1.0) for _ in range(200)) == 0.0
+    assert min(redraw(rng, "clip_score", 0.1, 1.0) for _ in range(200)) < 0  # no range declared: not clipped
+    assert redraw(rng, "fid", 2.0, None) == 2.0
