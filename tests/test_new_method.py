@@ -16,17 +16,12 @@ from torch import nn
 
 from harness import schema as S
 from harness.method import Method, register
-from harness.trainer import Optim, Stage
+from harness.trainer import Optim
+from methods.distill import FinetuneStage
 
 
-class FrozenNormStage(Stage):
-    name = "finetune"
-
-    def __init__(self, ctx):
-        self.ctx, self.steps = ctx, ctx.cfg.finetune.steps
-
-    def modules(self):
-        return {"student": self.ctx.student}
+class FrozenNormStage(FinetuneStage):
+    """The distill stage (the lower loss on the fine-tuning stream), norms left out of its optimizer."""
 
     def optimizers(self):
         norms = (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d)
@@ -34,12 +29,6 @@ class FrozenNormStage(Stage):
         trained = [p for p in self.ctx.student.parameters() if id(p) not in frozen]
         ft = self.ctx.cfg.finetune
         return {"lower": Optim(trained, ft.lr * self.ctx.cfg.method.lr_scale, ft.weight_decay, ft.warmup_steps)}
-
-    def streams(self):
-        return {"finetune": self.ctx.stream(self.ctx.data.finetune, self.ctx.cfg.finetune.batch_size, "finetune")}
-
-    def loss(self, optimizer, next_batch, generator):
-        return self.ctx.lower_loss(self.ctx.student, next_batch("finetune"), generator)
 
 
 @register
