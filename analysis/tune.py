@@ -8,11 +8,23 @@ hyperparameter importance, optimisation history, and where the sweep's hand-pick
   evaluation standard error each cell recorded (`se/<metric>`).
 - Hypervolume: of the front against one reference point for every study compared (given, or
   the worst feasible value of each objective over all studies plus 10% of its range, printed);
-  maximised objectives are negated. Its interval is a parametric bootstrap over evaluation
-  noise: every trial's objective and constraint metrics redrawn from N(value, se^2), the front
-  and hypervolume recomputed, `--boot` times; the 2.5–97.5 percentiles. Training seeds are
-  not resampled (each trial is one training run): the interval is evaluation noise only.
-  Two studies differ beyond that noise when the interval of their paired difference excludes 0.
+  maximised objectives are negated. Its interval is a basic (reverse-percentile) bootstrap over
+  evaluation noise: every trial's objectives redrawn from N(value, se^2) within the metric's
+  range, the front and hypervolume recomputed `--boot` times, and the 2.5–97.5 percentiles q of
+  the redrawn hypervolumes reflected about the recorded one: [2·hv − q97.5, 2·hv − q2.5].
+  Why reflected: a front is a best-of selection, so noise makes it look better than it is, and
+  redrawing adds that optimism a second time (the redrawn hypervolumes sit above the recorded
+  one by about the amount the recorded one sits above the truth; the mean shift is reported as
+  `bias`). The reflection corrects for it. `python -m analysis.tune --coverage` measures it on
+  synthetic studies whose true values are known: the reflected interval covered the true
+  hypervolume in 93.5% of 200 studies (seed 1, 300 draws each), the plain percentile
+  interval in 67.5%.
+  Which trials are feasible is judged at their recorded values and held fixed: redrawing the
+  constraint flips trials near its bound in and out, a jump the bootstrap does not reproduce
+  fairly (it once put a study's interval wholly above its recorded hypervolume).
+  Training seeds are not resampled (each trial is one training run): the interval is evaluation
+  noise only. Two studies differ beyond that noise when the interval of their paired difference
+  (reflected the same way) excludes 0.
 - Importance: Optuna's default evaluator (PED-ANOVA in Optuna 5) per objective.
 - Hand-picked point: the sweep's own setting, enqueued as the study's first trial: on its
   front, or dominated by which front trials.
@@ -121,15 +133,21 @@ def load_study(folder: Path) -> StudyView:
 
 
 def find_studies(out_dir: Path, names: list[str] | None) -> list[Path]:
+    """The studies under <out_dir>/optuna: all, or those named by folder (tune_bilevel-89d70799),
+    by sweep name when one folder has it (tune_bilevel), or by path."""
     root = out_dir / "optuna"
     found = sorted(p for p in root.glob("*") if (p / "study.json").exists()) if root.is_dir() else []
-    if names:
-        by_name = {p.name: p for p in found}
-        missing = [n for n in names if n not in by_name and not (Path(n) / "study.json").exists()]
-        if missing:
-            raise SystemExit(f"error: no study {missing[0]} under {root} (studies: {', '.join(by_name) or 'none'})")
-        return [by_name.get(n) or Path(n) for n in names]
-    return found
+    if not names:
+        return found
+    out = []
+    for n in names:
+        hits = [p for p in found if p.name == n] or [p for p in found if p.name.rsplit("-", 1)[0] == n]
+        if len(hits) > 1:
+            raise SystemExit(f"error: study {n} is ambiguous under {root}: {', '.join(p.name for p in hits)} (name one)")
+        if not hits and not (Path(n) / "study.json").exists():
+            raise SystemExit(f"error: no study {n} under {root} (studies: {', '.join(p.name for p in found) or 'none'})")
+        out.append(hits[0] if hits else Path(n))
+    return out
 
 
 # -- fronts and hypervolume ----------------------------------------------------------------
@@ -181,12 +199,9 @@ def reference_point(studies: list[StudyView], given: dict[str, float]) -> list[f
 
 
 def study_hypervolume(study: StudyView, ref: list[float], draw=None) -> float:
-    """`draw`: per point, (objective values, constraint metric values) replacing the recorded ones."""
-    pts = []
-    for i, p in enumerate(study.points):
-        values, cons = (p.values, {m: v for m, (v, _) in p.constraint_metrics.items()}) if draw is None else draw[i]
-        if all(c.value({c.metric: cons[c.metric]}) <= 0 for c in study.constraints):
-            pts.append(study.minimised(values))
+    """The hypervolume of the front of the study's feasible trials; `draw`: per trial, objective
+    values replacing the recorded ones (feasibility stays as recorded)."""
+    pts = [study.minimised(p.values if draw is None else draw[i]) for i, p in enumerate(study.points) if p.feasible]
     return hypervolume([pts[i] for i in front_indices(pts)], ref) if pts else 0.0
 
 
@@ -210,23 +225,47 @@ def redraw(rng, metric: str, value: float, se: float | None) -> float:
 
 
 def bootstrap(studies: list[StudyView], ref: list[float], boots: int, seed: int = 0) -> np.ndarray:
-    """(boots, studies) hypervolumes with every trial's metrics redrawn from N(value, se²),
+    """(boots, studies) hypervolumes with every trial's objectives redrawn from N(value, se²),
     within each metric's range."""
     rng = np.random.default_rng(seed)
     out = np.zeros((boots, len(studies)))
     for b in range(boots):
         for s, study in enumerate(studies):
-            draw = []
-            for p in study.points:
-                values = [redraw(rng, m, v, se) for (m, _), v, se in zip(study.objectives, p.values, p.se)]
-                cons = {m: redraw(rng, m, v, se) for m, (v, se) in p.constraint_metrics.items()}
-                draw.append((values, cons))
+            draw = [[redraw(rng, m, v, se) for (m, _), v, se in zip(study.objectives, p.values, p.se)] for p in study.points]
             out[b, s] = study_hypervolume(study, ref, draw)
     return out
 
 
-def interval(samples: np.ndarray) -> tuple[float, float]:
-    return float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))
+def interval(estimate: float, samples: np.ndarray) -> tuple[float, float]:
+    """The basic bootstrap interval: the 2.5–97.5 percentiles of `samples` reflected about `estimate`."""
+    lo, hi = np.percentile(samples, [2.5, 97.5])
+    return float(2 * estimate - hi), float(2 * estimate - lo)
+
+
+def coverage(studies: int = 200, boots: int = 300, seed: int = 1) -> dict[str, float]:
+    """How often each interval covers the true hypervolume, on synthetic two-objective studies
+    shaped like ours: 24 trials, FID 1.5–8 with se 0.3, presence falling with FID plus a dominated
+    spread, se 1.5; the true values known, the recorded ones those plus noise."""
+    rng = np.random.default_rng(seed)
+    ref, se = [10.0, 60.0], np.array([0.3, 1.5])
+    covered = {"basic": 0, "percentile": 0}
+    for _ in range(studies):
+        fid = rng.uniform(1.5, 8.0, 24)
+        true = np.stack([fid, np.clip(60 * np.exp(-(fid - 1.5) / 2) + rng.uniform(0, 20, 24), 0, 100)], 1)
+        truth = _hv(true, ref)
+        recorded = np.clip(true + rng.normal(0, 1, true.shape) * se, 0, 100)
+        estimate = _hv(recorded, ref)
+        samples = np.array([_hv(np.clip(recorded + rng.normal(0, 1, true.shape) * se, 0, 100), ref) for _ in range(boots)])
+        lo, hi = interval(estimate, samples)
+        covered["basic"] += lo <= truth <= hi
+        plo, phi = np.percentile(samples, [2.5, 97.5])
+        covered["percentile"] += plo <= truth <= phi
+    return {k: v / studies for k, v in covered.items()}
+
+
+def _hv(points: np.ndarray, ref: list[float]) -> float:
+    pts = points.tolist()
+    return hypervolume([pts[i] for i in front_indices(pts)], ref)
 
 
 def history(study: StudyView, ref: list[float]) -> list[tuple[int, float]]:
@@ -285,6 +324,7 @@ def _param(v) -> str:
 def analyse(studies: list[StudyView], given: dict[str, float], boots: int) -> dict:
     ref = reference_point(studies, given)
     samples = bootstrap(studies, ref, boots)
+    hv = [study_hypervolume(study, ref) for study in studies]
     result = {"reference_point": dict(zip([m for m, _ in studies[0].objectives], [r if d == "minimize" else -r for r, (_, d) in zip(ref, studies[0].objectives)])),
               "boots": boots, "studies": []}
     for s, study in enumerate(studies):
@@ -292,16 +332,15 @@ def analyse(studies: list[StudyView], given: dict[str, float], boots: int) -> di
         front = [feasible[i] for i in front_indices([study.minimised(p.values) for p in feasible])]
         result["studies"].append({
             "study": study.name, "label": study.label, "states": study.states, "feasible": len(feasible),
-            "hypervolume": study_hypervolume(study, ref), "interval": interval(samples[:, s]),
+            "hypervolume": hv[s], "interval": interval(hv[s], samples[:, s]), "bias": float(samples[:, s].mean() - hv[s]),
             "front": [{"trial": p.trial, "cell": p.cell, "values": p.values, "se": p.se, "params": p.params}
                       for p in sorted(front, key=lambda p: study.minimised(p.values))],
             "importance": importances(study), "history": history(study, ref), "hand_picked": hand_picked(study)})
     pairs = []
     for a in range(len(studies)):
         for b in range(a + 1, len(studies)):
-            diff = samples[:, a] - samples[:, b]
-            lo, hi = interval(diff)
-            pairs.append({"a": studies[a].name, "b": studies[b].name, "difference": result["studies"][a]["hypervolume"] - result["studies"][b]["hypervolume"],
+            lo, hi = interval(hv[a] - hv[b], samples[:, a] - samples[:, b])
+            pairs.append({"a": studies[a].name, "b": studies[b].name, "difference": hv[a] - hv[b],
                           "interval": (lo, hi), "beyond_noise": lo > 0 or hi < 0})
     result["pairs"] = pairs
     return result
@@ -313,14 +352,15 @@ def markdown(result: dict, studies: list[StudyView]) -> str:
     lines = ["# Tuning studies compared", "",
              f"Objectives: {', '.join(f'{m} ({d})' for m, d in objectives)}. Constraints: "
              f"{'; '.join(str(c) for c in studies[0].constraints) or 'none'}. Hypervolume reference point: "
-             f"{', '.join(f'{k} = {_fmt(v)}' for k, v in result['reference_point'].items())}; interval: 2.5–97.5 percentiles of "
-             f"{result['boots']} parametric bootstrap draws over evaluation noise (values redrawn from their recorded standard "
-             f"errors; metrics without one held fixed; training seed fixed).", "",
-             "| study | method | trials | feasible | front | hypervolume | 95% interval |", "|---|---|---|---:|---:|---:|---|"]
+             f"{', '.join(f'{k} = {_fmt(v)}' for k, v in result['reference_point'].items())}; interval: basic (reflected) 95% "
+             f"bootstrap over {result['boots']} draws of evaluation noise (objectives redrawn from their recorded standard "
+             f"errors; metrics without one held fixed; feasibility as recorded; training seed fixed). Bias: the mean redrawn "
+             f"hypervolume minus the recorded one, the optimism the interval corrects for.", "",
+             "| study | method | trials | feasible | front | hypervolume | 95% interval | bias |", "|---|---|---|---:|---:|---:|---|---:|"]
     for s in result["studies"]:
         states = ", ".join(f"{v} {k}" for k, v in sorted(s["states"].items()))
         lo, hi = s["interval"]
-        lines.append(f"| {s['study']} | {s['label']} | {states} | {s['feasible']} | {len(s['front'])} | {_fmt(s['hypervolume'])} | {_fmt(lo)} – {_fmt(hi)} |")
+        lines.append(f"| {s['study']} | {s['label']} | {states} | {s['feasible']} | {len(s['front'])} | {_fmt(s['hypervolume'])} | {_fmt(lo)} – {_fmt(hi)} | {_fmt(s['bias'])} |")
     if result["pairs"]:
         lines += ["", "| A − B | hypervolume difference | 95% interval | beyond noise |", "|---|---:|---|---|"]
         for p in result["pairs"]:
@@ -420,9 +460,15 @@ def main(argv=None) -> int:
     parser.add_argument("--reference", help="hypervolume reference point, metric=value,... (default: worst feasible + 10%% of the range)")
     parser.add_argument("--boot", type=int, default=1000, help="bootstrap draws (default 1000)")
     parser.add_argument("--dest", help="output folder (default: <out_dir>/analysis/tune)")
+    parser.add_argument("--coverage", action="store_true", help="only measure the intervals' coverage on synthetic studies (no study read)")
     parser.add_argument("--no-log", action="store_true", help="do not attach the outputs to the studies' MLflow parent runs")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
+    if args.coverage:
+        rates = coverage()
+        print("share of 200 synthetic studies whose 95% interval covers the true hypervolume: "
+              + ", ".join(f"{k} {v:.1%}" for k, v in rates.items()) + f" ({time.perf_counter() - t0:.0f} s)")
+        return 0
     folders = find_studies(Path(args.out_dir), args.study)
     if not folders:
         print(f"error: no tuning study under {Path(args.out_dir) / 'optuna'} (run python -m harness -m sweep=tune_...)", file=sys.stderr)
