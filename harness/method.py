@@ -13,6 +13,7 @@ import pkgutil
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from harness.errors import ConfigError
@@ -23,6 +24,20 @@ if TYPE_CHECKING:
 
 # Config sections that define every cell, whatever its method.
 COMMON_SECTIONS = ("seed", "model", "data", "pruning", "train", "finetune", "method", "eval")
+
+
+@dataclass(frozen=True)
+class BenchStep:
+    """One training step `python -m harness.bench` times for a method: its row name, the
+    overrides that make its config, the stage's every-step optimizer and its every-K-steps one
+    (None: it has none), the ratio to the baseline step it must hold (None: its FLOP-count
+    theory ± 10% is its only target), and whether a GPU run times it too."""
+    name: str
+    overrides: tuple[str, ...]
+    optimizer: str = "lower"
+    upper: str | None = None
+    cap: float | None = None
+    on_gpu: bool = False
 
 
 class Method(ABC):
@@ -40,6 +55,10 @@ class Method(ABC):
     inner_steps_key: ClassVar[str | None] = None  # a key its rows are told apart by and ablated over (bilevel: method.K)
     batch_keys: ClassVar[tuple[str, ...]] = ()  # its own batch sizes (each split over data-parallel processes)
     continues_reference: ClassVar[bool] = False  # trains on from its reference cell: its cost includes that cell's
+    # The plain fine-tuning every other method is measured against (one method declares it:
+    # distillation): the benchmark's baseline step and its hand-written twin, the student the
+    # noise benchmark evaluates, the cell whose start-up the per-cell overhead times.
+    baseline: ClassVar[bool] = False
 
     def __init__(self, ctx: CellContext):
         self.ctx = ctx
@@ -73,6 +92,17 @@ class Method(ABC):
         """Iterations of the method's last stage (None: it trains nothing): the steps at which
         `eval.recovery_steps` may measure it."""
         return cfg.finetune.steps
+
+    @classmethod
+    def bench_steps(cls, ks: tuple[int, ...]) -> list[BenchStep]:
+        """The steps `python -m harness.bench` times for this method (`ks`: the inner-step
+        counts it asks for, where the method has one); []: none."""
+        return []
+
+    def bench_stage(self) -> Stage:
+        """The stage the benchmark times, built on the context's pruned student as it is (no
+        reference cell loaded): by default the method's first stage."""
+        return next(iter(self.stages()))
 
     @abstractmethod
     def stages(self) -> Iterator[Stage]:
@@ -122,6 +152,14 @@ def get_method(name: str) -> type[Method]:
 def method_names() -> list[str]:
     _discover()
     return sorted(REGISTRY)
+
+
+def baseline_method() -> type[Method]:
+    _discover()
+    found = [cls for cls in REGISTRY.values() if cls.baseline]
+    if len(found) != 1:
+        raise RuntimeError(f"exactly one method must declare baseline = True; found {len(found)}: {[c.name for c in found]}")
+    return found[0]
 
 
 # The erasers (methods/erasers.py: ESD, concept ablation) are shared by methods, not methods

@@ -33,7 +33,7 @@ import copy
 import torch
 
 from harness import schema as S
-from harness.method import Method, register
+from harness.method import BenchStep, Method, register
 from harness.record import plain
 from harness.trainer import Optim, Stage
 from methods import erasers
@@ -161,6 +161,22 @@ class Bilevel(Method):
     @classmethod
     def reference(cls, cfg):
         return distill_config(cfg)
+
+    @classmethod
+    def bench_steps(cls, ks):
+        out = []
+        for solver, lower, upper in (("alternating", "lower", "upper"), ("penalty", "inner", "outer")):
+            for k in ks:
+                # ≤ 1.15 × distill at K = 10 is the paper's claim for an upper step of 2 teacher
+                # forwards + 1 student forward/backward: the alternating solver's. The penalty
+                # solver's outer step adds L_ft on θ and ϑ: its bound is its FLOP-count theory.
+                out.append(BenchStep(f"bilevel {solver} K={k}", ("method=bilevel", f"method.solver={solver}", f"method.K={k}"),
+                                     lower, upper, cap=1.15 if (solver, k) == ("alternating", 10) else None, on_gpu=k == 10))
+        # paper_table's upper step: ESD-x on x_t from the frozen teacher's sampler (up to
+        # eraser.sampler_steps teacher forwards more per upper step)
+        out.append(BenchStep("bilevel alternating K=10 sampler x_t",
+                             ("method=bilevel", "method.K=10", "method.x_source=sampler", "method.upper_params=xattn"), "lower", "upper"))
+        return out
 
     def stages(self):
         # The upper objective's reference is the frozen ORIGINAL (unpruned) teacher.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.method import Method, register
+from harness.method import BenchStep, Method, register
 from harness.record import loss_label
 from harness.trainer import Optim, Stage
 
@@ -57,6 +57,7 @@ class Distill(Method):
     name = "distill"
     erases = False
     order = 10
+    baseline = True  # the plain fine-tuning every other method's cost and quality is relative to
 
     @classmethod
     def label(cls, params):
@@ -67,6 +68,10 @@ class Distill(Method):
         if cls.label(params) != "distill only":  # the paper's row is diffusion + KD
             return None
         return {"clip_concept_erased": 34.34, "cp_erased": 0.0, "csd_erased": 100.0, "fid": 22.19, "clip_score": 29.44}
+
+    @classmethod
+    def bench_steps(cls, ks):
+        return [BenchStep("distill", ("method=distill",), on_gpu=True)]
 
     def stages(self):
         yield FinetuneStage(self.ctx)

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from harness.method import Method, register
+from harness.method import BenchStep, Method, register
 from harness.record import plain
 from methods import erasers
 from methods.distill import distill_config
@@ -44,6 +44,14 @@ class TwoStage(Method):
     @classmethod
     def trained_steps(cls, cfg):
         return cfg.eraser.steps  # the eraser stage (stage 1 is the distill cell's)
+
+    @classmethod
+    def bench_steps(cls, ks):
+        return [BenchStep(f"eraser {e}", ("method=two_stage", f"eraser={e}"), "erase") for e in erasers.ERASERS]
+
+    def bench_stage(self):
+        # stage 2 on the context's student as if it were the distilled one (stage 1 is timed as distill)
+        return erasers.EraseStage(self.ctx, self.ctx.frozen_copy(self.ctx.student), x_source=self.cfg.eraser.x_source)
 
     def stages(self):
         self.ctx.load_student(self.ctx.require_cell(self.reference(self.cfg)))

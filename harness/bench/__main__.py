@@ -37,7 +37,7 @@ def parse(argv):
     p.add_argument("--window", type=int, default=20)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--turn-steps", type=int, default=5, help="steps each training loop runs per turn (measure.round_robin)")
-    p.add_argument("--ks", default="5,10,20", help="bilevel K values")
+    p.add_argument("--ks", default="5,10,20", help="inner-step counts to time, for the methods that have one (their inner_steps_key)")
     p.add_argument("--only", default=None, help="training variants to run (comma-separated names; default all)")
     p.add_argument("--gen-images", type=int, default=64, help="images generated for the generation figure")
     p.add_argument("--sizes", default="1000,10000", help="image counts for feature extraction and metrics")
@@ -66,6 +66,7 @@ def main(argv=None) -> int:
     from harness.compose import compose_config
     from harness.bench import cell_overhead, evaluation, gpu, measure, report, training
     from harness.errors import ConfigError, MissingInputError
+    from harness.method import baseline_method
     overrides = [*PAPER_TABLE, *args.overrides, f"runtime.device={device}"]
     ks = tuple(int(k) for k in args.ks.split(","))
     only = args.only.split(",") if args.only else None
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
     try:  # a broken override or a bad value: one line, before anything runs
         from harness.validate import validate
 
-        validate(compose(["method=distill"]))
+        validate(compose([f"method={baseline_method().name}"]))
     except Exception as exc:
         return fail(str(exc).strip().splitlines()[0])
     kind = f"gpu-{args.arch}" if args.gpu else "cpu"
@@ -87,9 +88,8 @@ def main(argv=None) -> int:
     try:
         with tempfile.TemporaryDirectory() as folder:
             if args.gpu:
-                ctx, build = gpu.context(compose(["method=distill"]), device, args.arch, args.ratio, Path(folder), say)
-                section = training.run(ctx, compose, [], args.repeats, args.warmup, args.window, ks, only or
-                                       ["distill", "bilevel alternating K=10", "bilevel penalty K=10", "plain loop"],
+                ctx, build = gpu.context(compose([f"method={baseline_method().name}"]), device, args.arch, args.ratio, Path(folder), say)
+                section = training.run(ctx, compose, [], args.repeats, args.warmup, args.window, ks, only or training.gpu_names(ks),
                                        args.log_every, args.turn_steps, say=say)
                 result["gpu"] = {"arch": args.arch, "ratio": args.ratio, "build": build, "training": section,
                                  "mfu": gpu.mfu(section, device)}
@@ -111,8 +111,8 @@ def main(argv=None) -> int:
                             base, backbones, tuple(int(n) for n in args.sizes.split(",")), args.eval_repeats),
                     }
                 if "cell" in sections:
-                    say("per-cell overhead: the smoke sweep's distill cell, in fresh processes")
-                    result["cell"] = cell_overhead.run([*cell_overhead.SMOKE_CELL, *args.overrides], args.cell_repeats, say)
+                    say("per-cell overhead: the smoke sweep's baseline cell, in fresh processes")
+                    result["cell"] = cell_overhead.run([*cell_overhead.smoke_cell(), *args.overrides], args.cell_repeats, say)
     except (ConfigError, MissingInputError) as exc:
         return fail(str(exc))
     result["seconds"] = time.perf_counter() - t0

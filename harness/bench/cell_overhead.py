@@ -21,7 +21,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SMOKE_CELL = ["sweep=smoke", "method=distill"]  # the smoke sweep's distill cell, run alone
+
+
+def smoke_cell() -> list[str]:
+    """The smoke sweep's baseline cell (distillation), run alone."""
+    from harness.method import baseline_method
+
+    return ["sweep=smoke", f"method={baseline_method().name}"]
 
 
 def _python(args: list[str], cwd: Path) -> float:
@@ -57,11 +63,13 @@ def create_store(out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def run(overrides: list[str] = SMOKE_CELL, repeats: int = 1, say=print) -> dict:
+def run(overrides: list[str] | None = None, repeats: int = 1, say=print) -> dict:
     """Cells as in a sweep or a SLURM job: their out_dir's MLflow store already exists (its
     creation is measured apart). Each timed cell has its own seed, so it trains (a completed
     cell would be skipped)."""
     import mlflow  # noqa: F401  (imported before create_store's clock starts)
+
+    overrides = smoke_cell() if overrides is None else overrides
 
     imports = []
     cells: dict[str, list[dict]] = {"tracking on": [], "tracking off": []}

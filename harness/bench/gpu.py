@@ -139,11 +139,10 @@ def mfu(section: dict, device: torch.device) -> dict:
     for name, row in section["per_step"].items():
         if "flops_lower" not in row and name != "plain loop":
             continue
-        src = section["per_step"]["distill"] if name == "plain loop" else row
+        src = section["per_step"][section["config"]["baseline"]] if name == "plain loop" else row
         flops = src["flops_lower"]
         if "flops_upper" in row:
-            k = section["bilevel_vs_distill"][name]["K"]
-            flops += row["flops_upper"] / k
+            flops += row["flops_upper"] * section["vs_baseline"][name]["upper_per_lower"]
         achieved = flops / row["seconds"]
         out[name] = {"tflops_per_s": achieved / 1e12, "mfu": achieved / peak if peak else None,
                      "images_per_s": batch / row["seconds"]}

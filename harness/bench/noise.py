@@ -30,8 +30,8 @@ from harness.metrics import cmmd, fid_from_features, presence_rate
 from harness.metrics import uncertainty as U
 from harness.metrics.similarity import per_image_cos
 
-BASE = ["sweep=paper_table", "method=distill", "pruning.ratio=0.05", "seed=0", "tracking.enabled=false",
-        "eval.backbone=none", "runtime.progress=false"]
+BASE = ["sweep=paper_table", "pruning.ratio=0.05", "seed=0", "tracking.enabled=false", "eval.backbone=none",
+        "runtime.progress=false"]  # with the baseline method (distillation)
 
 
 def trained_student(work: Path, overrides: list[str]):
@@ -42,7 +42,9 @@ def trained_student(work: Path, overrides: list[str]):
     from harness.pruning import load_pruned
     from harness.runner import run_cell
 
-    cfg = compose_config([*BASE, f"out_dir={work}", *overrides])
+    from harness.method import baseline_method
+
+    cfg = compose_config([*BASE, f"method={baseline_method().name}", f"out_dir={work}", *overrides])
     run_cell(cfg)
     cell = Cell(cfg)
     ctx = build_context(cfg, cell.dir, None)
@@ -130,7 +132,7 @@ def measure(args) -> dict:
     render_fid = backbones.fid_features(renders)
     result = {"pool": args.pool, "concept_pool": args.concept_pool, "reference_images": ref["images"],
               "sample_steps": ev.sample_steps, "train_seconds": train_s, "models": {}}
-    models = {"renders": None, "teacher": ctx.teacher.eval(), "distill (ratio 0.05, 150 steps)": student}
+    models = {"renders": None, "teacher": ctx.teacher.eval(), f"{ctx.cfg.method.name} (ratio 0.05, {ctx.cfg.finetune.steps} steps)": student}
     generated, gen_seconds = 0, 0.0
     for name, model in models.items():
         if model is None:

@@ -13,7 +13,6 @@ import copy
 import dataclasses
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,29 +22,38 @@ from omegaconf import DictConfig
 from harness.bench import plain_loop as plain
 from harness.bench.measure import PeakMemory, count_flops, sync
 from harness.context import CellContext
-from harness.method import get_method
+from harness.method import BenchStep, get_method
 from harness.trainer import Stage, Trainer, TrainConfig
 
 
 @dataclass
 class Variant:
-    name: str
-    overrides: list[str]  # config overrides on top of the benchmark's base config
-    stage: Callable[[CellContext], Stage]  # the stage to time, built on the variant's context
-    optimizer: str = "lower"  # the stage's every-step optimizer (FLOPs of a lower step)
-    upper: str | None = None  # its every-K-steps optimizer, if any
+    """A method's BenchStep, with what the benchmark needs to know of its method: whether its
+    step is the baseline, and whether it trains on from the baseline's cell (two-stage's eraser)."""
+    step: BenchStep
+    baseline: bool = False
+    continues: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.step.name
+
+    @property
+    def overrides(self) -> list[str]:
+        return list(self.step.overrides)
+
+    @property
+    def optimizer(self) -> str:
+        return self.step.optimizer
+
+    @property
+    def upper(self) -> str | None:
+        return self.step.upper
 
 
 def method_stage(ctx: CellContext) -> Stage:
-    """The first stage of the context's method (distill's finetune, bilevel's one stage)."""
-    return next(iter(get_method(ctx.cfg.method.name)(ctx).stages()))
-
-
-def eraser_stage(ctx: CellContext) -> Stage:
-    """Two-stage's second stage on the context's student (as if it were the distilled one)."""
-    from methods.erasers import EraseStage
-
-    return EraseStage(ctx, ctx.frozen_copy(ctx.student), x_source=ctx.cfg.eraser.x_source)
+    """The stage the context's method has the benchmark time (Method.bench_stage)."""
+    return get_method(ctx.cfg.method.name)(ctx).bench_stage()
 
 
 def variant_context(base: CellContext, cfg: DictConfig, student: torch.nn.Module) -> CellContext:
