@@ -1,6 +1,6 @@
 """Bring MLflow up to date with what is on disk, idempotently.
 
-    python -m harness.backfill out_dir=outputs [tracking.uri=http://host:5000]
+    python -m harness.backfill --out-dir outputs [--tracking-uri http://host:5000] [--experiment harness]
 
 For every sweep folder, the sweep's parent run is found (by tag) or created; for every cell
 folder, its child run is found or created, given the metric lines MLflow lacks, and, for a
@@ -54,20 +54,22 @@ def backfill(out_dir: Path, uri: str | None = None, experiment: str = "harness")
     return {"cells_synced": synced, "cells_not_synced": pending, "tracking_down": tracker.down, "uri": tracker.uri}
 
 
-def main(argv: list[str]) -> int:
-    args = dict(a.split("=", 1) for a in argv if "=" in a)
-    unknown = set(args) - {"out_dir", "tracking.uri", "tracking.experiment"}
-    if unknown:
-        print(f"error: {sorted(unknown)[0]} is not accepted: out_dir, tracking.uri, tracking.experiment", file=sys.stderr)
-        return 2
-    out_dir = Path(args.get("out_dir", "outputs"))
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m harness.backfill", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out-dir", default="outputs", help="the run's out_dir (its sweeps/ and cells/); default outputs")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sqlite store <out_dir>/mlflow.db)")
+    parser.add_argument("--experiment", default="harness", help="MLflow experiment (default harness)")
+    args = parser.parse_args(argv)
+    out_dir = Path(args.out_dir)
     if not out_dir.is_dir():
-        print(f"error: out_dir={out_dir} is not accepted: an existing output folder", file=sys.stderr)
+        print(f"error: --out-dir {out_dir} is not accepted: an existing output folder", file=sys.stderr)
         return 2
-    summary = backfill(out_dir, args.get("tracking.uri"), args.get("tracking.experiment", "harness"))
+    summary = backfill(out_dir, args.tracking_uri, args.experiment)
     print(json.dumps(summary))
     return 1 if summary["tracking_down"] else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -84,7 +84,8 @@ class Tracker:
                 return fn(*args, **kwargs)
         except Exception as exc:  # any tracking failure must not fail the cell
             self.down = True
-            log.warning("MLflow unavailable at %s (%s: %s); results stay on disk, run `python -m harness.backfill` later", self.uri, what, exc)
+            log.warning("MLflow unavailable at %s (%s: %s); results stay on disk, run `python -m harness.backfill --out-dir %s` later",
+                        self.uri, what, exc, self.out_dir)
             return None
 
     @contextmanager

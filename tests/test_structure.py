@@ -180,3 +180,62 @@ def test_a_running_trial_is_reopened_by_its_handle():
     again.set_user_attr("resumed", True)
     study.tell(again, 0.5)
     assert study.trials[0].state == optuna.trial.TrialState.COMPLETE and study.trials[0].user_attrs == {"resumed": True}
+
+
+def _string_literals(tree: ast.AST):
+    """(line, text) of every string constant that is not a docstring; f-strings' literal parts."""
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            yield node.lineno, node.value
+
+
+def test_no_harness_or_analysis_file_names_a_method():
+    """A method is one file in methods/ (plus its config): the harness and analysis ask it what
+    they need (Method's declarations) and never branch on, or build configs of, a method by name.
+    `teacher` is also the model every method distils from, so only `method=teacher` counts."""
+    from harness.method import eraser_keys, method_names
+
+    names = [n for n in method_names() if n != "teacher"] + list(eraser_keys())
+    assert {"distill", "bilevel", "two_stage", "esd"} <= set(names)
+    pattern = re.compile(r"(^|[^\w.])(" + "|".join(map(re.escape, names)) + r")($|[^\w])|method=teacher\b")
+    found = []
+    for mod, path in _modules().items():
+        if mod.split(".")[0] not in ("harness", "analysis"):
+            continue
+        for line, text in _string_literals(ast.parse(path.read_text())):
+            if pattern.search(text):
+                found.append(f"{path.relative_to(REPO)}:{line}: {text[:60]!r}")
+    assert not found, "\n".join(found)
+
+
+TOOLS = {  # every command-line tool but the Hydra app: argparse, --out-dir where it reads a run, --help
+    "harness.jobs": "harness.jobs", "harness.backfill": "harness.backfill", "harness.bench": "harness.bench.__main__",
+    "harness.bench.noise": "harness.bench.noise", "harness.bench.tune": "harness.bench.tune",
+    "harness.metrics": "harness.metrics.__main__", "harness.metrics.prepare": "harness.metrics.prepare",
+    "harness.world.build": "harness.world.build", "analysis.tables": "analysis.tables", "analysis.figures": "analysis.figures",
+    "analysis.notebooks": "analysis.notebooks", "analysis.ui": "analysis.ui", "analysis.tune": "analysis.tune"}
+
+
+def test_every_tool_speaks_argparse_with_help(capsys):
+    """One CLI style: Hydra's key=value for runs (python -m harness), argparse for tools; a tool
+    that reads a run's outputs takes --out-dir (never out_dir=)."""
+    import importlib
+
+    import pytest
+
+    listed = {m for m, p in _modules().items() if p.name == "__main__.py" or "def main(" in p.read_text()}
+    assert set(TOOLS.values()) | {"harness.__main__", "harness.app", "harness.tune.worker", "harness.distributed"} >= listed, listed
+    for command, module in TOOLS.items():
+        with pytest.raises(SystemExit) as exit_:
+            importlib.import_module(module).main(["--help"])
+        out = capsys.readouterr().out
+        assert exit_.value.code == 0 and out.startswith(f"usage: python -m {command}"), (command, out[:200])
+        if command in READS_A_RUN:
+            assert "--out-dir" in out, f"{command} reads a run's outputs but takes no --out-dir"
+
+
+READS_A_RUN = ("harness.jobs", "harness.backfill", "analysis.tables", "analysis.figures", "analysis.notebooks", "analysis.ui",
+               "analysis.tune")

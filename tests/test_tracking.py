@@ -165,7 +165,7 @@ def test_a_tracking_server_killed_mid_sweep_costs_a_warning_and_backfill_catches
 
     with mlflow_server(store, port):
         for _ in range(2):
-            summary = run_cli(["harness.backfill", f"out_dir={out}", f"tracking.uri={uri}"])
+            summary = run_cli(["harness.backfill", "--out-dir", str(out), "--tracking-uri", uri])
             assert summary.returncode == 0, summary.stderr[-2000:]
             assert json.loads(summary.stdout)["cells_synced"] == 3
         parents, children = child_runs(uri)
