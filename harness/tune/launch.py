@@ -94,6 +94,7 @@ def run_tuning(cfg: DictConfig, arguments: list[str], slurm=None) -> dict:
             # far more than the split)
             share = str(max(1, (os.cpu_count() or 1) // spec.workers))
             env.update(OMP_NUM_THREADS=share, MKL_NUM_THREADS=share)
+        env["HARNESS_TUNE_PARENT"] = str(os.getpid())  # a worker ends with this command (worker.end_with_parent)
         workers = [subprocess.Popen([sys.executable, "-m", "harness.tune.worker", str(folder), str(i)], env=env) for i in range(spec.workers)]
         codes = [w.wait() for w in workers]
     study = open_study(name, spec, folder)

@@ -160,10 +160,32 @@ def run(folder: Path, index: int) -> int:
     return 0
 
 
+def end_with_parent(parent: int) -> bool:
+    """A local worker gets SIGTERM when the tuning command that started it dies, however it
+    dies (a SIGKILL, a timeout that kills only the command): no orphan keeps training into the
+    study. The trial's cell keeps its last checkpoint, and the next run's janitor marks the
+    trial failed and queues its parameters again. False: that command is already gone."""
+    import ctypes
+    import os
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass  # not Linux: the worker outlives its command, as a SLURM worker does
+    return os.getppid() == parent
+
+
 def main(argv: list[str]) -> int:
+    import os
+
     if len(argv) != 2:
         print("usage: python -m harness.tune.worker <study folder> <worker index>", file=sys.stderr)
         return 2
+    parent = os.environ.get("HARNESS_TUNE_PARENT")
+    if parent and not end_with_parent(int(parent)):
+        print("harness.tune.worker: the tuning command that started it has ended", file=sys.stderr)
+        return 1
     return run(Path(argv[0]), int(argv[1]))
 
 
