@@ -63,23 +63,17 @@ def precheck(argv: list[str]) -> DictConfig | None:
 
 @hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")
 def task(cfg: DictConfig):
-    """One cell. In a sweep every cell was validated before any started."""
+    """One cell, validated (with every other cell of its sweep) by `check` before Hydra started."""
     from hydra.core.hydra_config import HydraConfig
 
     from harness.runner import run_cell
-    from harness.validate import validate
 
     from harness import distributed
 
     setup_logging()
     distributed.setup()  # several processes under torchrun: one data-parallel cell
     multirun = HydraConfig.get().mode.name == "MULTIRUN"
-    if not multirun:
-        try:
-            validate(cfg)
-        except (ConfigError, MissingInputError) as exc:
-            fail(str(exc))
-    results = run_cell(cfg)
+    results = run_cell(cfg, validated=True)
     if not multirun and results is not None:  # None: not rank 0 of a data-parallel cell
         summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in results["metrics"].items()}
         print(f"cell {results['cell_id']} ({results['method']}): {summary}")
@@ -99,7 +93,9 @@ def check(argv: list[str]) -> None:
 
         numerics.reexec_pinned(argv)  # CPU kernels are chosen at a library's first use: pin them from the start
     if "-m" in argv or "--multirun" in argv:
-        plan_sweep(overrides)  # validates every cell; exits 2 on the first bad one
+        from harness.sweeper import hand_over
+
+        hand_over(overrides, plan_sweep(overrides))  # validates every cell (exits 2 on the first bad one), once
         return
     from harness.validate import validate
 

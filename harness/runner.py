@@ -59,14 +59,17 @@ def cell_log(cell: Cell):
         handler.close()
 
 
-def run_cell(cfg: DictConfig, tracker: Tracker | None = None, observer=None) -> dict:
+def run_cell(cfg: DictConfig, tracker: Tracker | None = None, observer=None, validated: bool = False) -> dict:
     """Train and evaluate the cell for `cfg` (or return its stored results).
 
     `observer(step, metrics)`, if given, sees the student measured at each of
     `eval.recovery_steps` as training reaches it (evaluation.probe: `observer.metrics` names
     what to measure) and may stop the cell by raising CellStopped (a tuning trial pruned):
-    the attempt ends `stopped`, its checkpoints kept, neither failed nor completed."""
-    validate(cfg)
+    the attempt ends `stopped`, its checkpoints kept, neither failed nor completed.
+    `validated`: the caller validated this very config (a sweep's cells, planned before launch);
+    a cell started any other way (a SLURM job, a tuning trial, the API) is validated here."""
+    if not validated:
+        validate(cfg)
     numerics.apply(cfg.runtime)
     if why := numerics.check(cfg.runtime.reproducible):
         raise ConfigError("runtime.reproducible", True, why)

@@ -32,6 +32,15 @@ from harness.method import get_method
 log = logging.getLogger("harness")
 
 
+# The plan `python -m harness -m ...` made before Hydra started (app.check), handed to the
+# sweeper Hydra then runs in the same process: every cell is composed and validated once.
+_PLANNED: dict[tuple[str, ...], list] = {}
+
+
+def hand_over(arguments: list[str], cells: list) -> None:
+    _PLANNED[tuple(arguments)] = cells
+
+
 class HarnessSweeper(Sweeper):
     def __init__(self, max_batch_size: int | None = None, params: dict | None = None, grids: list | None = None):
         super().__init__()
@@ -90,7 +99,8 @@ class HarnessSweeper(Sweeper):
         from harness.tracking import SWEEP_TAG, Tracker
 
         t0 = time.perf_counter()
-        cells = self.plan(arguments)
+        handed = _PLANNED.pop(tuple(arguments), None)
+        cells = handed if handed is not None else self.plan(arguments)
         if cells and cells[0][0].cfg.get("tune") is not None:  # a tuning sweep: workers ask one study
             from harness.tune.launch import run_tuning
 
@@ -124,7 +134,8 @@ class HarnessSweeper(Sweeper):
         # the command line again (Hydra's own overrides, such as the launcher's, included): for retry
         command = [*self.config.hydra.overrides.get("hydra", []), *arguments]
         info = {"sweep_id": sweep_id, "name": name, "parent_run_id": parent, "arguments": command,
-                "out_dir": str(out_dir), "cwd": str(Path.cwd()), "launcher": "slurm" if on_slurm else "local"}
+                "out_dir": str(out_dir), "cwd": str(Path.cwd()), "launcher": "slurm" if on_slurm else "local",
+                "planned_before_launch": handed is not None}
         write_atomic(folder / "sweep.json", json.dumps(info, indent=1))
         failed, returns = [], []
         if on_slurm:

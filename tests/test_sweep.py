@@ -40,6 +40,8 @@ def test_smoke_sweep_runs_every_method(smoke):
     assert "bilevel (penalty, esd)" in table and "two-stage + concept_ablation" in table
     assert table in first.stdout
     assert (sweep / "table.csv").read_text().count("\n") == 7
+    # planned (composed and validated) once, before Hydra started, and handed to the sweeper
+    assert json.loads((sweep / "sweep.json").read_text())["planned_before_launch"] is True
 
 
 def test_mlflow_has_a_parent_and_a_child_per_cell(smoke):
