@@ -53,6 +53,8 @@ class Point:
     se: list[float | None]
     constraint_metrics: dict[str, tuple[float, float]]  # metric -> (value, se)
     feasible: bool = True
+    cpu_h: float | None = None  # what its cell cost (results.json cost.cpu_h: training + evaluation)
+    reference: tuple[str, float | None] | None = None  # (cell id, cpu_h) of the cell it depends on
 
 
 @dataclass
@@ -123,7 +125,12 @@ def load_study(folder: Path) -> StudyView:
         se = [_se(metrics, m, cfg) for m, _ in spec.objectives]
         cons = {c.metric: (float(metrics[c.metric]), _se(metrics, c.metric, cfg)) for c in spec.constraints}
         feasible = all(c.value({c.metric: cons[c.metric][0]}) <= 0 for c in spec.constraints)
-        points.append(Point(t.number, t.user_attrs["cell"], dict(t.params), values, se, cons, feasible))
+        cpu_h = (results.get("cost") or {}).get("cpu_h")
+        reference = None
+        if dep := results.get("depends_on"):
+            found = out_dir / "cells" / dep / "results.json"
+            reference = (dep, (json.loads(found.read_text()).get("cost") or {}).get("cpu_h") if found.exists() else None)
+        points.append(Point(t.number, t.user_attrs["cell"], dict(t.params), values, se, cons, feasible, cpu_h, reference))
     states = {}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
@@ -313,6 +320,21 @@ def hand_picked(study: StudyView) -> dict | None:
 
 
 # -- report ---------------------------------------------------------------------------------
+def cost(study: StudyView) -> dict | None:
+    """CPU hours the COMPLETE trials took: every cell they trained, each once (a trial's own cell
+    and the reference cell it depends on; two-stage's trials share one distilled student, a
+    bilevel trial that searches the fine-tuning lr has a reference of its own). The total, and
+    the median of trials' own cells. None: not recorded."""
+    cells = {}
+    for p in study.points:
+        cells[p.cell] = p.cpu_h
+        if p.reference:
+            cells.setdefault(*p.reference)
+    hours = [h for h in cells.values() if h is not None]
+    own = [p.cpu_h for p in study.points if p.cpu_h is not None]
+    return {"total": float(sum(hours)), "median": float(np.median(own)), "cells": len(hours)} if own else None
+
+
 def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
@@ -333,6 +355,7 @@ def analyse(studies: list[StudyView], given: dict[str, float], boots: int) -> di
         result["studies"].append({
             "study": study.name, "label": study.label, "states": study.states, "feasible": len(feasible),
             "hypervolume": hv[s], "interval": interval(hv[s], samples[:, s]), "bias": float(samples[:, s].mean() - hv[s]),
+            "cpu_h": cost(study),
             "front": [{"trial": p.trial, "cell": p.cell, "values": p.values, "se": p.se, "params": p.params}
                       for p in sorted(front, key=lambda p: study.minimised(p.values))],
             "importance": importances(study), "history": history(study, ref), "hand_picked": hand_picked(study)})
@@ -355,12 +378,15 @@ def markdown(result: dict, studies: list[StudyView]) -> str:
              f"{', '.join(f'{k} = {_fmt(v)}' for k, v in result['reference_point'].items())}; interval: basic (reflected) 95% "
              f"bootstrap over {result['boots']} draws of evaluation noise (objectives redrawn from their recorded standard "
              f"errors; metrics without one held fixed; feasibility as recorded; training seed fixed). Bias: the mean redrawn "
-             f"hypervolume minus the recorded one, the optimism the interval corrects for.", "",
-             "| study | method | trials | feasible | front | hypervolume | 95% interval | bias |", "|---|---|---|---:|---:|---:|---|---:|"]
+             f"hypervolume minus the recorded one, the optimism the interval corrects for. CPU h: every cell the COMPLETE trials "
+             f"trained, their references included, each once (training + evaluation; total, and the median trial's own cell).", "",
+             "| study | method | trials | feasible | front | hypervolume | 95% interval | bias | CPU h |", "|---|---|---|---:|---:|---:|---|---:|---|"]
     for s in result["studies"]:
         states = ", ".join(f"{v} {k}" for k, v in sorted(s["states"].items()))
         lo, hi = s["interval"]
-        lines.append(f"| {s['study']} | {s['label']} | {states} | {s['feasible']} | {len(s['front'])} | {_fmt(s['hypervolume'])} | {_fmt(lo)} – {_fmt(hi)} | {_fmt(s['bias'])} |")
+        c = s["cpu_h"]
+        spent = f"{c['total']:.2f} ({c['median']:.3f})" if c else "–"
+        lines.append(f"| {s['study']} | {s['label']} | {states} | {s['feasible']} | {len(s['front'])} | {_fmt(s['hypervolume'])} | {_fmt(lo)} – {_fmt(hi)} | {_fmt(s['bias'])} | {spent} |")
     if result["pairs"]:
         lines += ["", "| A − B | hypervolume difference | 95% interval | beyond noise |", "|---|---:|---|---|"]
         for p in result["pairs"]:

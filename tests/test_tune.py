@@ -135,7 +135,7 @@ def test_a_worker_killed_mid_trial_is_cleaned_up_and_the_rerun_finishes_the_budg
     from tests.conftest import REPO
 
     out = tmp_path / "out"
-    args = [*TINY_STUDY, "tune.trials=2", "tune.workers=1", "finetune.steps=300", "runtime.checkpoint_every=10", f"out_dir={out}"]
+    args = [*TINY_STUDY, "tune.trials=2", "tune.workers=1", "finetune.steps=80", "runtime.checkpoint_every=5", f"out_dir={out}"]
     cfg = compose_config([a for a in args if a != "-m"])
     spec = parse(cfg)
     folder = out / "optuna" / study_name(cfg, spec)
