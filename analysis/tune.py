@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.pareto import front_indices, hypervolume, interval, redraw
+
 
 @dataclass
 class Point:
@@ -70,6 +72,11 @@ class StudyView:
     arguments: list[str]
     parent_run: str | None
     study: object = field(repr=False, default=None)
+    budget: int | None = None  # trials COMPLETE it is to have (tune.trials)
+
+    @property
+    def finished(self) -> bool:
+        return self.budget is None or self.states.get("complete", 0) >= self.budget
 
     def minimised(self, values) -> list[float]:
         return [v if d == "minimize" else -v for v, (_, d) in zip(values, self.objectives)]
@@ -136,7 +143,7 @@ def load_study(folder: Path) -> StudyView:
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     parent = next((a.split("=", 1)[1] for a in info["arguments"] if a.startswith("tracking.parent_run_id=")), None)
     return StudyView(info["name"], folder, label_of(base), list(spec.objectives), list(spec.constraints), points, states,
-                     hand, info["arguments"], parent, study)
+                     hand, info["arguments"], parent, study, spec.trials)
 
 
 def find_studies(out_dir: Path, names: list[str] | None) -> list[Path]:
@@ -158,35 +165,6 @@ def find_studies(out_dir: Path, names: list[str] | None) -> list[Path]:
 
 
 # -- fronts and hypervolume ----------------------------------------------------------------
-def front_indices(values: list[list[float]]) -> list[int]:
-    """Indices of the points no other point weakly beats on every coordinate and strictly on
-    one (all minimised); of equal points the first is kept."""
-    keep = []
-    for i, p in enumerate(values):
-        dominated = any(all(q[k] <= p[k] for k in range(len(p))) and (any(q[k] < p[k] for k in range(len(p))) or j < i)
-                        for j, q in enumerate(values) if j != i)
-        if not dominated:
-            keep.append(i)
-    return keep
-
-
-def hypervolume(points: list[list[float]], ref: list[float]) -> float:
-    """The volume the (minimised) points dominate below `ref`: slices along the last
-    coordinate, each the (d−1)-dimensional hypervolume of the points at or below it."""
-    pts = [list(p) for p in points if all(x < r for x, r in zip(p, ref))]
-    if not pts:
-        return 0.0
-    if len(ref) == 1:
-        return ref[0] - min(p[0] for p in pts)
-    pts.sort(key=lambda p: p[-1])
-    volume = 0.0
-    for i, p in enumerate(pts):
-        upper = pts[i + 1][-1] if i + 1 < len(pts) else ref[-1]
-        if upper > p[-1]:
-            volume += (upper - p[-1]) * hypervolume([q[:-1] for q in pts[: i + 1]], ref[:-1])
-    return volume
-
-
 def reference_point(studies: list[StudyView], given: dict[str, float]) -> list[float]:
     """Minimised coordinates: `given` (metric -> value, in the metric's own sign), else the worst
     feasible value over all studies plus 10% of the range (1 where the range is 0)."""
@@ -212,25 +190,6 @@ def study_hypervolume(study: StudyView, ref: list[float], draw=None) -> float:
     return hypervolume([pts[i] for i in front_indices(pts)], ref) if pts else 0.0
 
 
-PERCENT = ("presence", "cp", "csd")  # metric families in [0, 100]
-NON_NEGATIVE = ("fid", "cmmd", "heldout_mse")
-
-
-def redraw(rng, metric: str, value: float, se: float | None) -> float:
-    """`value` + N(0, se²), kept inside the metric's range: a presence of 0 with an se of 0.5
-    cannot be redrawn as −0.5 (that would credit a front with suppression no model can have
-    and push the interval above the value it is the interval of)."""
-    if not se:
-        return value
-    drawn = value + rng.normal(0.0, se)
-    family = metric.split("/")[0]
-    if family in PERCENT:
-        return min(max(drawn, 0.0), 100.0)
-    if family in NON_NEGATIVE:
-        return max(drawn, 0.0)
-    return drawn
-
-
 def bootstrap(studies: list[StudyView], ref: list[float], boots: int, seed: int = 0) -> np.ndarray:
     """(boots, studies) hypervolumes with every trial's objectives redrawn from N(value, se²),
     within each metric's range."""
@@ -241,38 +200,6 @@ def bootstrap(studies: list[StudyView], ref: list[float], boots: int, seed: int 
             draw = [[redraw(rng, m, v, se) for (m, _), v, se in zip(study.objectives, p.values, p.se)] for p in study.points]
             out[b, s] = study_hypervolume(study, ref, draw)
     return out
-
-
-def interval(estimate: float, samples: np.ndarray) -> tuple[float, float]:
-    """The basic bootstrap interval: the 2.5–97.5 percentiles of `samples` reflected about `estimate`."""
-    lo, hi = np.percentile(samples, [2.5, 97.5])
-    return float(2 * estimate - hi), float(2 * estimate - lo)
-
-
-def coverage(studies: int = 200, boots: int = 300, seed: int = 1) -> dict[str, float]:
-    """How often each interval covers the true hypervolume, on synthetic two-objective studies
-    shaped like ours: 24 trials, FID 1.5–8 with se 0.3, presence falling with FID plus a dominated
-    spread, se 1.5; the true values known, the recorded ones those plus noise."""
-    rng = np.random.default_rng(seed)
-    ref, se = [10.0, 60.0], np.array([0.3, 1.5])
-    covered = {"basic": 0, "percentile": 0}
-    for _ in range(studies):
-        fid = rng.uniform(1.5, 8.0, 24)
-        true = np.stack([fid, np.clip(60 * np.exp(-(fid - 1.5) / 2) + rng.uniform(0, 20, 24), 0, 100)], 1)
-        truth = _hv(true, ref)
-        recorded = np.clip(true + rng.normal(0, 1, true.shape) * se, 0, 100)
-        estimate = _hv(recorded, ref)
-        samples = np.array([_hv(np.clip(recorded + rng.normal(0, 1, true.shape) * se, 0, 100), ref) for _ in range(boots)])
-        lo, hi = interval(estimate, samples)
-        covered["basic"] += lo <= truth <= hi
-        plo, phi = np.percentile(samples, [2.5, 97.5])
-        covered["percentile"] += plo <= truth <= phi
-    return {k: v / studies for k, v in covered.items()}
-
-
-def _hv(points: np.ndarray, ref: list[float]) -> float:
-    pts = points.tolist()
-    return hypervolume([pts[i] for i in front_indices(pts)], ref)
 
 
 def history(study: StudyView, ref: list[float]) -> list[tuple[int, float]]:
@@ -353,7 +280,7 @@ def analyse(studies: list[StudyView], given: dict[str, float], boots: int) -> di
         feasible = [p for p in study.points if p.feasible]
         front = [feasible[i] for i in front_indices([study.minimised(p.values) for p in feasible])]
         result["studies"].append({
-            "study": study.name, "label": study.label, "states": study.states, "feasible": len(feasible),
+            "study": study.name, "label": study.label, "states": study.states, "budget": study.budget, "finished": study.finished, "feasible": len(feasible),
             "hypervolume": hv[s], "interval": interval(hv[s], samples[:, s]), "bias": float(samples[:, s].mean() - hv[s]),
             "cpu_h": cost(study),
             "front": [{"trial": p.trial, "cell": p.cell, "values": p.values, "se": p.se, "params": p.params}
@@ -364,7 +291,8 @@ def analyse(studies: list[StudyView], given: dict[str, float], boots: int) -> di
         for b in range(a + 1, len(studies)):
             lo, hi = interval(hv[a] - hv[b], samples[:, a] - samples[:, b])
             pairs.append({"a": studies[a].name, "b": studies[b].name, "difference": hv[a] - hv[b],
-                          "interval": (lo, hi), "beyond_noise": lo > 0 or hi < 0})
+                          "interval": (lo, hi), "beyond_noise": lo > 0 or hi < 0,
+                          "in_progress": not (studies[a].finished and studies[b].finished)})
     result["pairs"] = pairs
     return result
 
@@ -382,7 +310,7 @@ def markdown(result: dict, studies: list[StudyView]) -> str:
              f"trained, their references included, each once (training + evaluation; total, and the median trial's own cell).", "",
              "| study | method | trials | feasible | front | hypervolume | 95% interval | bias | CPU h |", "|---|---|---|---:|---:|---:|---|---:|---|"]
     for s in result["studies"]:
-        states = ", ".join(f"{v} {k}" for k, v in sorted(s["states"].items()))
+        states = ", ".join(f"{v} {k}" for k, v in sorted(s["states"].items())) + ("" if s["finished"] else f" (in progress: budget {s['budget']})")
         lo, hi = s["interval"]
         c = s["cpu_h"]
         spent = f"{c['total']:.2f} ({c['median']:.3f})" if c else "–"
@@ -390,7 +318,7 @@ def markdown(result: dict, studies: list[StudyView]) -> str:
     if result["pairs"]:
         lines += ["", "| A − B | hypervolume difference | 95% interval | beyond noise |", "|---|---:|---|---|"]
         for p in result["pairs"]:
-            lines.append(f"| {p['a']} − {p['b']} | {_fmt(p['difference'])} | {_fmt(p['interval'][0])} – {_fmt(p['interval'][1])} | {'yes' if p['beyond_noise'] else 'no'} |")
+            lines.append(f"| {p['a']} − {p['b']} | {_fmt(p['difference'])} | {_fmt(p['interval'][0])} – {_fmt(p['interval'][1])} | {'– (a study is in progress)' if p['in_progress'] else 'yes' if p['beyond_noise'] else 'no'} |")
     for s in result["studies"]:
         lines += ["", f"## {s['study']} ({s['label']})", "", "Front (feasible, non-dominated):", "",
                   "| trial | " + " | ".join(names) + " | parameters | cell |", "|---:|" + "---:|" * len(names) + "---|---|"]
@@ -491,6 +419,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     if args.coverage:
+        from analysis.pareto import coverage
+
         rates = coverage()
         print("share of 200 synthetic studies whose 95% interval covers the true hypervolume: "
               + ", ".join(f"{k} {v:.1%}" for k, v in rates.items()) + f" ({time.perf_counter() - t0:.0f} s)")

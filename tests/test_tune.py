@@ -246,7 +246,7 @@ def test_the_tuning_loop_benchmark_runs_and_writes_its_report(tmp_path):
 
 
 def test_hypervolume_of_known_fronts():
-    from analysis.tune import front_indices, hypervolume
+    from analysis.pareto import front_indices, hypervolume
 
     # a staircase: slabs of 1 × 1, 1 × 2 and 1 × 3
     assert hypervolume([[1, 3], [2, 2], [3, 1]], [4, 4]) == pytest.approx(6.0)
@@ -286,6 +286,9 @@ def test_fronts_are_compared_beyond_evaluation_noise():
     assert result["studies"][0]["bias"] == pytest.approx(0.0, abs=1.0)  # no near-ties: the redraws are symmetric
     pairs = {(p["a"], p["b"]): p for p in result["pairs"]}
     assert pairs[("good", "bad")]["beyond_noise"] and not pairs[("good", "twin")]["beyond_noise"]
+    bad.budget = 5  # 2 of 5 trials complete: a study still running is shown, never called better or worse
+    pairs = {(p["a"], p["b"]): p for p in analyse([good, bad], {"fid": 5.0, "presence/erased": 40.0}, boots=50)["pairs"]}
+    assert pairs[("good", "bad")]["in_progress"]
     cheat = _study("cheat", [((0.1, 0.1), 10)], se=0.1, constraint=True)  # breaks the retained-style constraint
     assert analyse([cheat], {"fid": 5.0, "presence/erased": 40.0}, boots=20)["studies"][0]["hypervolume"] == 0.0
 
@@ -310,7 +313,8 @@ def test_interval_is_reflected_about_the_recorded_hypervolume():
     recorded feasibility (redrawing it once put a study's interval wholly above its value)."""
     import numpy as np
 
-    from analysis.tune import analyse, bootstrap, interval
+    from analysis.pareto import interval
+    from analysis.tune import analyse, bootstrap
 
     assert interval(10.0, np.array([11.0, 12.0, 13.0] * 100)) == pytest.approx((7.0, 9.0))
     # many equal trials, each redrawn: the best of them beats the recorded front in nearly every draw
@@ -324,10 +328,10 @@ def test_interval_is_reflected_about_the_recorded_hypervolume():
 
 
 def test_the_reflected_interval_covers_the_truth_more_often():
-    """On synthetic studies whose true values are known (analysis.tune.coverage; 200 studies are
+    """On synthetic studies whose true values are known (analysis.pareto.coverage; 200 studies are
     in the docstring, 30 here), the reflected interval covers the true hypervolume more often
     than the plain percentile interval and at least 80% of the time."""
-    from analysis.tune import coverage
+    from analysis.pareto import coverage
 
     rates = coverage(studies=30, boots=100, seed=3)
     assert rates["basic"] >= 0.8 and rates["basic"] > rates["percentile"]
@@ -336,7 +340,7 @@ def test_the_reflected_interval_covers_the_truth_more_often():
 def test_redrawn_values_stay_inside_their_metrics_range():
     import numpy as np
 
-    from analysis.tune import redraw
+    from analysis.pareto import redraw
 
     rng = np.random.default_rng(0)
     presence = [redraw(rng, "presence/erased", 0.0, 5.0) for _ in range(200)] + [redraw(rng, "csd/stripes", 99.0, 5.0) for _ in range(200)]
