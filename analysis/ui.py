@@ -41,15 +41,24 @@ def store_uri(out_dir: str | Path) -> str:
     return f"sqlite:///{db}"
 
 
+def ui_command(backend_uri: str, host: str, port: int) -> tuple[list[str], dict]:
+    """`mlflow ui` for one person looking at a local store: one worker process and no job runner
+    (MLflow 3 otherwise starts 4 workers and a job-runner process, each importing MLflow: ready
+    in 34-37 s instead of 19-24 s on 2 busy cores)."""
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", backend_uri, "--host", host, "--port", str(port),
+           "--workers", "1"]
+    return cmd, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 @contextmanager
 def serve(backend_uri: str, host: str = "127.0.0.1", port: int | None = None, timeout_s: float = 90.0):
     """`mlflow ui` on `backend_uri`, up and answering, stopped (its whole process group) on exit.
     Yields the base URL."""
     port = port or free_port(host)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", backend_uri, "--host", host, "--port", str(port)]
+    cmd, env = ui_command(backend_uri, host, port)
     private = tempfile.TemporaryDirectory(prefix="mlflow-ui-")  # 0700, removed on exit with the log
     log = open(Path(private.name) / "ui.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://{host}:{port}"
     try:
         deadline = time.monotonic() + timeout_s
@@ -158,7 +167,8 @@ def main(argv=None) -> int:
         for name, url in pages(uri, args.sweep, args.experiment, base).items():
             print(f"{name:6s} {url}")
         print(f"serving {uri} at {base} (Ctrl-C stops)", flush=True)
-        return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)])
+        cmd, env = ui_command(uri, args.host, args.port)
+        return subprocess.call(cmd, env=env)
     except AnalysisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ import fcntl
 import json
 import logging
 import os
+import sqlite3
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -116,6 +117,8 @@ class Tracker:
             from mlflow.tracking import MlflowClient
 
             with self._store_lock():
+                if self._serialise:
+                    self._new_store(self.lock_path.with_suffix(""))
                 client = MlflowClient(tracking_uri=self.uri)
                 exp = client.get_experiment_by_name(self.experiment_name)
                 self._experiment_id = exp.experiment_id if exp else client.create_experiment(self.experiment_name, artifact_location=self.artifact_root)
@@ -130,6 +133,18 @@ class Tracker:
                             exp.artifact_location, self.artifact_root)
             self._client = client
         return self._client
+
+    @staticmethod
+    def _new_store(db: Path) -> None:
+        """A new SQLite store as a copy of MLflow's own empty one (harness/mlflow_store.py);
+        should that fail, MLflow makes it as usual."""
+        from harness import mlflow_store
+
+        try:
+            if mlflow_store.create(db):
+                log.info("MLflow store %s made from its template", db)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("MLflow store template unusable (%s); MLflow makes %s itself", exc, db)
 
     @property
     def available(self) -> bool:

@@ -37,9 +37,22 @@ SMOKE_SWEEP = ["harness", "-m", "sweep=smoke", "runtime.progress=false"]
 
 
 @pytest.fixture(scope="session")
-def smoke_sweep(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke")
-    return out, run_cli([*SMOKE_SWEEP, f"out_dir={out}"], timeout=1200)
+def smoke_sweep(tmp_path_factory, worker_id):
+    """(out_dir, the finished CompletedProcess). Once per session across pytest-xdist's workers:
+    the first to ask runs it under a lock in the session's shared temporary folder, the others
+    wait for it and read its record."""
+    import fcntl
+    import json
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent  # the parent is the whole session's
+    out, record = shared / "smoke", shared / "smoke.json"
+    with open(shared / "smoke.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            done = run_cli([*SMOKE_SWEEP, f"out_dir={out}"], timeout=1200)
+            record.write_text(json.dumps({"args": done.args, "returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}))
+    return out, subprocess.CompletedProcess(**json.loads(record.read_text()))
 
 
 def order_of_sums_tolerance(*stages: tuple[float, int], fraction: float = 0.05) -> float:

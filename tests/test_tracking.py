@@ -97,12 +97,14 @@ THREE_CELLS = ["harness", "-m", "seed=0,1,2", *SMALL_WORLD, *SMALL, "finetune.st
 
 @contextmanager
 def mlflow_server(store: Path, port: int):
-    """`mlflow server` on 127.0.0.1 with a SQLite store; stopped with its worker processes."""
+    """`mlflow server` on 127.0.0.1 with a SQLite store, one worker and no job runner (as
+    analysis.ui starts it); stopped with its worker processes."""
     import urllib.request
 
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}",
                              "--default-artifact-root", (store.parent / "artifacts").as_uri(), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                             "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -207,3 +209,63 @@ def test_two_identical_sweeps_started_at_once_share_the_work_and_the_store(tmp_p
         assert db.execute("pragma integrity_check").fetchone() == ("ok",)
     for sweep_json in out.glob("sweeps/*/sweep.json"):
         json.loads(sweep_json.read_text())  # whole, not interleaved
+
+
+def schema(db: Path) -> tuple:
+    """(every table and index as a sorted set of its definition's lines, every table's rows).
+    Lines, not text: MLflow's own migrations order a table's constraints differently from one
+    run to the next (seen: two stores made in a row disagree on the runs table's CHECKs)."""
+    import sqlite3
+
+    def lines(sql):
+        return tuple(sorted(line.strip().rstrip(",").strip() for line in (sql or "").splitlines()))
+
+    with sqlite3.connect(db) as conn:
+        tables = sorted((kind, name, lines(sql)) for kind, name, sql in
+                        conn.execute("select type, name, sql from sqlite_master where name not like 'sqlite_%'"))
+        rows = {name: conn.execute(f'select * from "{name}"').fetchall() for kind, name, _ in tables if kind == "table"}
+    conn.close()
+    return tables, rows
+
+
+def test_a_store_made_from_the_template_is_the_store_mlflow_makes(tmp_path, monkeypatch):
+    """Same schema, same rows (the Default experiment's times aside), and MLflow opens it; a
+    template others could have changed is not used but made again."""
+    from mlflow.tracking import MlflowClient
+
+    from harness import mlflow_store
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'by_mlflow.db'}").search_experiments()
+    assert mlflow_store.create(tmp_path / "copy" / "mlflow.db") and not mlflow_store.create(tmp_path / "copy" / "mlflow.db")
+    (want_tables, want_rows), (got_tables, got_rows) = schema(tmp_path / "by_mlflow.db"), schema(tmp_path / "copy" / "mlflow.db")
+    assert got_tables == want_tables
+    drop_times = lambda rows: [r[:4] + r[6:] for r in rows["experiments"]]  # noqa: E731 (creation, last update)
+    assert drop_times(got_rows) == drop_times(want_rows) and got_rows["experiments"][0][2] == str(tmp_path / "mlruns" / "0")
+    assert {k: v for k, v in got_rows.items() if k != "experiments"} == {k: v for k, v in want_rows.items() if k != "experiments"}
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'copy' / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("x"))
+    client.log_metric(run.info.run_id, "m", 1.0)
+    assert client.get_run(run.info.run_id).data.metrics == {"m": 1.0}
+
+    template = mlflow_store.template()
+    assert oct(template.stat().st_mode & 0o777) == oct(0o600) and oct(template.parent.stat().st_mode & 0o777) == oct(0o700)
+    template.write_bytes(b"planted")
+    template.chmod(0o666)
+    assert mlflow_store.template() == template and template.stat().st_mode & 0o777 == 0o600
+    assert schema(template)[0] == want_tables
+
+
+def test_a_new_out_dirs_store_comes_from_the_template(tmp_path, monkeypatch):
+    """The first tracked cell of an out_dir copies the template (made once per machine)."""
+    from harness import mlflow_store
+    from harness.tracking import Tracker
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    made = []
+    monkeypatch.setattr(mlflow_store, "create", lambda db, create=mlflow_store.create: made.append(db) or create(db))
+    tracker = Tracker(compose([], tmp_path / "out"))
+    assert tracker.get_or_create_run("harness.cell_id", "c0", "c0", {}) is not None
+    assert made == [tmp_path / "out" / "mlflow.db"] and (tmp_path / "out" / "mlflow.db").is_file()
+    assert (tmp_path / "cache" / "mlflow-store").is_dir()
