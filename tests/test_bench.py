@@ -218,3 +218,30 @@ def test_noise_measurement_runs_at_tiny_size_and_reuses_its_pools(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "work" / "pools").rglob("*.png")} == pngs  # read back, not sampled again
     second = json.loads((tmp_path / "dest" / "noise.json").read_text())
     assert second["models"]["teacher"]["neutral"] == first["models"]["teacher"]["neutral"]
+
+
+def test_what_a_ratio_leaves_depends_on_the_layout_not_the_weights(tmp_path, capsys):
+    """python -m harness.bench.macs measures SD 2.1 on random weights: that is sound only if a
+    ratio keeps the same MACs and parameters whatever the weights (torch-pruning prunes each
+    layer by the ratio). Checked on the world's trained teacher against a random-weight UNet of
+    its layout; the tool writes its JSON and refuses a ratio outside (0, 1) in one line."""
+    from diffusers import UNet2DConditionModel
+
+    from harness.bench import macs
+    from harness.pruning import prune_unet
+
+    trained = macs.unet_for("world")
+    torch.manual_seed(1)
+    random_weights = UNet2DConditionModel.from_config(trained.config)
+    assert not torch.equal(next(trained.parameters()), next(random_weights.parameters()))
+    a, b = (prune_unet(u, 0.1)[1] for u in (trained, random_weights))
+    assert (a.macs_after, a.params_after) == (b.macs_after, b.params_after) and a.macs_after < a.macs_before
+
+    assert macs.main(["--arch", "toy", "--ratios", "0.3", "--dest", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "macs-toy.json").read_text())
+    assert result["arch"] == "toy" and 0 < result["ratios"][0]["macs_share"] < 1
+    capsys.readouterr()
+    assert macs.main(["--ratios", "0.3,1.5", "--dest", str(tmp_path / "no")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --ratios=0.3,1.5 is not accepted: comma-separated numbers strictly between 0 and 1"]
+    assert not (tmp_path / "no").exists()
