@@ -236,6 +236,9 @@ def test_what_a_ratio_leaves_depends_on_the_layout_not_the_weights(tmp_path, cap
     assert not torch.equal(next(trained.parameters()), next(random_weights.parameters()))
     a, b = (prune_unet(u, 0.1)[1] for u in (trained, random_weights))
     assert (a.macs_after, a.params_after) == (b.macs_after, b.params_after) and a.macs_after < a.macs_before
+    # the tool traces a small latent (SD 2.1's own size ran out of memory): the same student
+    m = macs.measure("world", [0.1], say=lambda *_: None)
+    assert m["trace_size"] < m["latent_size"] and (m["ratios"][0]["macs"], m["ratios"][0]["params"]) == (a.macs_after, a.params_after)
 
     assert macs.main(["--arch", "toy", "--ratios", "0.3", "--dest", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "macs-toy.json").read_text())
