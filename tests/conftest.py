@@ -68,11 +68,18 @@ def order_of_sums_tolerance(*stages: tuple[float, int], fraction: float = 0.05) 
     return fraction * sum(lr * steps for lr, steps in stages)
 
 
+def real_scale(overrides) -> bool:
+    """COCO data: asked for, or chosen by a sweep's defaults (sweeps/paper_sd21.yaml)."""
+    sweeps = [o.split("=", 1)[1] for o in overrides if o.startswith("sweep=")]
+    files = [REPO / "sweeps" / f"{s}.yaml" for s in sweeps]
+    return "data=coco" in overrides or any(f.is_file() and "override /data: coco" in f.read_text() for f in files)
+
+
 def compose(overrides: list[str] = (), out_dir: Path | None = None):
     from harness.compose import compose_config
 
     extra = [f"out_dir={out_dir}"] if out_dir else []
-    world = [] if "data=coco" in overrides else SMALL_WORLD
+    world = [] if real_scale(overrides) else SMALL_WORLD
     return compose_config(world + SMALL + list(overrides) + extra)
 
 

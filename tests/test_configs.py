@@ -9,7 +9,7 @@ from harness.errors import MissingInputError
 from harness.validate import validate
 from harness.world import WEIGHTS
 from harness.app import plan_sweep
-from tests.conftest import SMALL, SMALL_WORLD, compose
+from tests.conftest import REPO, SMALL, SMALL_WORLD, compose, real_scale
 
 OPTIONS = [(group, choice) for group, choices in group_options().items() for choice in choices]
 
@@ -18,7 +18,7 @@ OPTIONS = [(group, choice) for group, choices in group_options().items() for cho
 def test_every_config_composes(group, choice):
     cfg = compose([f"{group}={choice}"])
     assert cfg is not None
-    if group == "model" and choice == "sd21":
+    if cfg.model.name == "sd21":  # model=sd21, or a sweep at the paper's scale
         with pytest.raises(MissingInputError, match="model.path="):
             validate(cfg)
     elif group == "data" and choice == "coco":
@@ -61,7 +61,13 @@ def test_config_groups_mirror_the_code():
 
 
 @pytest.mark.parametrize("sweep", group_options()["sweep"])
-def test_every_sweep_expands_to_valid_distinct_cells(sweep, tiny_world_weights):
+def test_every_sweep_expands_to_valid_distinct_cells(sweep, tiny_world_weights, capsys):
+    if real_scale([f"sweep={sweep}"]):  # without SD 2.1 here: one line naming what is missing
+        with pytest.raises(SystemExit) as exit_:
+            plan_sweep([f"sweep={sweep}"])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and len(lines) == 1 and "model.path=" in lines[0], lines
+        return
     cells = plan_sweep([f"sweep={sweep}", *SMALL_WORLD, *SMALL, f"eval.weights={tiny_world_weights}"])
     ids = [c.id for c, _ in cells]
     if sweep.startswith("tune_"):  # one base cell: the trials come from the study (tests/test_tune.py)
@@ -95,3 +101,36 @@ def test_command_line_values_apply_to_every_grid_and_foreign_keys_change_nothing
     for cell, _ in forced:
         assert cell.cfg.method.K == 3
         assert (cell.id == plain[key(cell)]) == (cell.cfg.method.name != "bilevel"), key(cell)
+
+
+def authors_overrides() -> dict[str, str]:
+    """key=value pairs of the last column of README's "Where this differs from the authors'
+    code": the overrides that restore the authors' settings."""
+    import re
+
+    section = (REPO / "README.md").read_text().split("## Where this differs from the authors' code")[1].split("\n## ")[0]
+    pairs = {}
+    for line in section.splitlines():
+        if line.startswith("| ") and not line.startswith(("| what", "|---")):
+            pairs.update(re.findall(r"([a-z_]+(?:\.[a-z_]+)+)=([^\s`|]+)", line.rstrip(" |").rsplit("|", 1)[-1]))
+    return pairs
+
+
+def test_the_sd21_preset_sets_every_setting_of_the_authors():
+    """sweeps/paper_sd21.yaml carries each override of the README's deviations table: the
+    shared keys at its top level, the bilevel ones in its alternating-solver grid (the
+    authors' code), the eraser's in its ESD block."""
+    from omegaconf import OmegaConf
+
+    from harness.compose import compose_config
+
+    wanted = authors_overrides()
+    assert len(wanted) >= 15 and wanted["train.max_grad_norm"] == "0", wanted
+    cfg = compose_config(["sweep=paper_sd21"])
+    grids = OmegaConf.to_container(OmegaConf.load(REPO / "sweeps" / "paper_sd21.yaml").hydra.sweeper.grids)
+    (theirs,) = [g for g in grids if g.get("method") == "bilevel" and g.get("method.solver") == "alternating"]
+    assert cfg.model.name == "sd21" and cfg.data.name == "coco" and cfg.eraser.name == "esd"
+    for key, value in wanted.items():
+        got = theirs[key] if key.startswith("method.") else OmegaConf.select(cfg, key)
+        same = got == value or (isinstance(got, (int, float)) and float(got) == float(value))
+        assert same, f"{key}: the preset has {got!r}, the authors {value!r}"
