@@ -65,20 +65,10 @@ def template() -> Path:
 
         with tempfile.TemporaryDirectory(dir=folder, prefix=".making-") as tmp:
             made = Path(tmp) / "store.db"
-            client = MlflowClient(tracking_uri=f"sqlite:///{made}")
-            client.search_experiments()  # MLflow runs its migrations here
-            _dispose(client)
+            MlflowClient(tracking_uri=f"sqlite:///{made}").search_experiments()  # MLflow runs its migrations here
             os.chmod(made, 0o600)
             os.replace(made, path)
     return path
-
-
-def _dispose(client) -> None:
-    """Close the SQLAlchemy engine MLflow keeps for a store (its file is about to move)."""
-    engine = getattr(getattr(client, "_tracking_client", None), "store", None)
-    engine = getattr(engine, "engine", None)
-    if engine is not None:
-        engine.dispose()
 
 
 def create(db: Path) -> bool:
