@@ -31,6 +31,12 @@ from harness.errors import ConfigError
 from harness.files import write_atomic, write_via
 
 IMPORTANCES = ("magnitude", "random", "taylor")
+# torch-pruning traces the UNet with gradients: at SD 2.1's own 64 x 64 latents that kept over
+# 21 GB alive and was killed on a 24 GB machine. The dependency graph and magnitude or random
+# importance do not depend on the latent size (tests/test_pruning.py: the same student), so
+# those trace a small latent; Taylor importance scores gradients of a loss at the traced size
+# and traces the UNet's own size. MACs are always counted at the UNet's own size.
+TRACE_SIZE = 8
 
 
 @dataclass
@@ -55,9 +61,9 @@ def feature_blocks(unet: UNet2DConditionModel) -> dict[str, nn.Module]:
     return blocks
 
 
-def example_inputs(unet: UNet2DConditionModel, batch: int = 2, seq: int = 8) -> dict[str, torch.Tensor]:
+def example_inputs(unet: UNet2DConditionModel, batch: int = 2, seq: int = 8, size: int | None = None) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    size = unet.config.sample_size
+    size = size or unet.config.sample_size
     device = next(unet.parameters()).device
     return {
         "sample": torch.randn(batch, unet.config.in_channels, size, size, generator=g).to(device),
@@ -120,8 +126,10 @@ def count_macs_params(unet: nn.Module) -> tuple[int, int]:
     return int(macs), int(params)
 
 
-def prune_unet(teacher: UNet2DConditionModel, ratio: float, importance: str = "magnitude", seed: int = 0):
-    """A pruned copy of `teacher`'s UNet and a report of what was removed."""
+def prune_unet(teacher: UNet2DConditionModel, ratio: float, importance: str = "magnitude", seed: int = 0,
+               trace_size: int | None = None):
+    """A pruned copy of `teacher`'s UNet and a report of what was removed. `trace_size`: the
+    latent size the pruning traces (default: TRACE_SIZE, or the UNet's own for Taylor)."""
     import torch_pruning as tp
 
     if not 0.0 < ratio < 1.0:
@@ -133,7 +141,9 @@ def prune_unet(teacher: UNet2DConditionModel, ratio: float, importance: str = "m
     unet.requires_grad_(True)
     # The SDPA processor can break dependency tracing: trace with the plain one.
     unet.set_attn_processor(AttnProcessor())
-    inputs = example_inputs(unet)
+    if trace_size is None:
+        trace_size = unet.config.sample_size if importance == "taylor" else min(TRACE_SIZE, unet.config.sample_size)
+    inputs = example_inputs(unet, size=trace_size)
     out_channels = _block_output_channels(unet, inputs)
     refs = _reference_convs(unet, out_channels)
     num_heads = {}

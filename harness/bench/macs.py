@@ -49,15 +49,10 @@ def unet_for(arch: str):
     return UNet2DConditionModel(**LAYOUTS[arch][0])
 
 
-# Pruning traces the UNet (torch-pruning's dependency graph, with gradients): at SD 2.1's 64 × 64
-# latents that kept over 21 GB alive and was killed on a 24 GB machine. The graph and magnitude
-# importance do not depend on the latent size, so the pruning traces a small one and the MACs
-# are counted at the UNet's own size (`--importance taylor` depends on it: traced small too).
-TRACE_SIZE = 8
 
 
 def measure(arch: str, ratios: list[float], importance: str = "magnitude", seed: int = 0, say=print) -> dict:
-    from harness.pruning import count_macs_params, prune_unet
+    from harness.pruning import TRACE_SIZE, count_macs_params, prune_unet
 
     teacher = unet_for(arch).requires_grad_(False).eval()
     size = teacher.config.sample_size
@@ -65,18 +60,15 @@ def measure(arch: str, ratios: list[float], importance: str = "magnitude", seed:
     rows = []
     for ratio in ratios:
         t0 = time.perf_counter()
-        teacher.register_to_config(sample_size=min(TRACE_SIZE, size))
-        student, _ = prune_unet(teacher, ratio, importance, seed)
-        teacher.register_to_config(sample_size=size)
-        student.register_to_config(sample_size=size)
-        macs_after, params_after = count_macs_params(student)
+        student, report = prune_unet(teacher, ratio, importance, seed)  # traced small (harness.pruning.TRACE_SIZE)
+        macs_after, params_after = report.macs_after, report.params_after
         rows.append({"ratio": ratio, "macs": macs_after, "params": params_after,
                      "macs_share": macs_after / macs, "params_share": params_after / params,
                      "prune_s": time.perf_counter() - t0})
         del student
         say(f"  ratio {ratio:.2f}: {rows[-1]['macs_share']:.1%} of MACs, {rows[-1]['params_share']:.1%} of parameters "
             f"({rows[-1]['prune_s']:.0f} s)")
-    return {"arch": arch, "importance": importance, "seed": seed, "latent_size": size, "trace_size": min(TRACE_SIZE, size),
+    return {"arch": arch, "importance": importance, "seed": seed, "latent_size": size, "trace_size": size if importance == "taylor" else min(TRACE_SIZE, size),
             "macs": macs, "params": params, "ratios": rows}
 
 
