@@ -28,6 +28,11 @@ def file_mode() -> int:
     return 0o666 & ~_read_umask()
 
 
+def dir_mode() -> int:
+    """The mode a new folder gets under the current umask."""
+    return 0o777 & ~_read_umask()
+
+
 def publish(tmp: Path, path: Path) -> None:
     """Give `tmp` the policy's mode and rename it to `path` (atomic on one file system)."""
     os.chmod(tmp, file_mode())

@@ -29,6 +29,7 @@ from torch import nn
 
 from harness.errors import ConfigError
 from harness.files import write_atomic, write_via
+from harness.student_loader import build_pruned_unet, sync_module_attributes
 
 IMPORTANCES = ("magnitude", "random", "taylor")
 # torch-pruning traces the UNet with gradients: at SD 2.1's own 64 x 64 latents that kept over
@@ -93,23 +94,6 @@ def _reference_convs(unet, out_channels: dict[str, int]) -> dict[str, nn.Conv2d]
         convs = [m for m in block.modules() if isinstance(m, nn.Conv2d) and m.out_channels == out_channels[name]]
         refs[name] = convs[-1]
     return refs
-
-
-def sync_module_attributes(unet: nn.Module) -> None:
-    """Make module attributes agree with (pruned) tensor shapes: diffusers' Up/Downsample
-    check their static `channels`, and loading needs consistent in/out feature counts."""
-    for m in unet.modules():
-        if isinstance(m, nn.Conv2d):
-            m.out_channels, m.in_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
-        elif isinstance(m, nn.Linear):
-            m.out_features, m.in_features = m.weight.shape
-        elif isinstance(m, nn.GroupNorm) and m.weight is not None:
-            m.num_channels = m.weight.shape[0]
-        elif isinstance(m, nn.LayerNorm) and m.weight is not None:
-            m.normalized_shape = tuple(m.weight.shape)
-    for m in unet.modules():  # after the convs they wrap
-        if type(m).__name__ in ("Downsample2D", "Upsample2D") and getattr(m, "conv", None) is not None:
-            m.channels, m.out_channels = m.conv.in_channels, m.conv.out_channels
 
 
 def count_macs_params(unet: nn.Module) -> tuple[int, int]:
@@ -205,14 +189,5 @@ def save_pruned(unet: UNet2DConditionModel, report: PruneReport, path: Path) -> 
 def load_pruned(path: Path) -> tuple[UNet2DConditionModel, PruneReport]:
     path = Path(path)
     meta = json.loads(path.with_suffix(".json").read_text())
-    state = load_file(str(path.with_suffix(".safetensors")))
-    unet = UNet2DConditionModel(**meta["base_config"])
-    tensors = dict(unet.named_parameters())
-    tensors.update(dict(unet.named_buffers()))
-    for name, shape in meta["shapes"].items():
-        t = tensors[name]
-        if list(t.shape) != shape:
-            t.data = torch.empty(shape, dtype=t.dtype)
-    sync_module_attributes(unet)
-    unet.load_state_dict(state, strict=True)
+    unet = build_pruned_unet(meta["base_config"], meta["shapes"], load_file(str(path.with_suffix(".safetensors"))))
     return unet, PruneReport(**meta["report"])

@@ -14,11 +14,17 @@ from harness.models.parts import DiffusionParts
 SAMPLERS = {"ddim": DDIMScheduler, "pndm": PNDMScheduler}
 
 
-def make_sampler(parts: DiffusionParts, steps: int, kind: str = "ddim"):
+def sampler_scheduler(parts: DiffusionParts, kind: str = "ddim"):
+    """The diffusers scheduler the harness samples with (`kind`: ddim | pndm), before its steps
+    are set: what an exported student's pipeline carries (harness.export)."""
     config = {k: v for k, v in parts.sampler_config.items() if not k.startswith("_")}
     if kind == "pndm":
         config["skip_prk_steps"] = True  # PLMS as Stable Diffusion's pipelines run it
-    sampler = SAMPLERS[kind].from_config(config)
+    return SAMPLERS[kind].from_config(config)
+
+
+def make_sampler(parts: DiffusionParts, steps: int, kind: str = "ddim"):
+    sampler = sampler_scheduler(parts, kind)
     sampler.set_timesteps(steps)
     return sampler
 
