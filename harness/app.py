@@ -82,7 +82,12 @@ def task(cfg: DictConfig):
 
 def check(argv: list[str]) -> None:
     """Everything that can be checked before a job starts: group choices, composition, and
-    every cell's values (all cells of a sweep). Exits 2 with one line on the first problem."""
+    every cell's values (all cells of a sweep). Exits 2 with one line on the first problem.
+    With --plan: print what the run would cost (harness/plan.py) and exit without running."""
+    if "--plan" in argv:
+        argv = [a for a in argv if a != "--plan"]
+        plan(argv)
+        sys.exit(0)
     register_plugins()
     config = precheck(argv)
     overrides = [a for a in argv if not a.startswith("-")]
@@ -111,6 +116,33 @@ def main() -> None:
 
     sys.argv.extend(search_path())  # the HARNESS_METHODS folders' configs, for Hydra's own composition
     task()
+
+
+def plan(argv: list[str]) -> None:
+    """`--plan`: the cells of a run or sweep, composed and validated as a run would be, with
+    their cost estimates; nothing is trained or written."""
+    from harness import plan as cost_plan
+    from harness.cell import Cell
+    from harness.validate import validate
+
+    register_plugins()
+    overrides = [a for a in argv if not a.startswith("-")]
+    multirun = "-m" in argv or "--multirun" in argv
+    precheck(argv)
+    config = load_with_hydra_node(overrides, multirun)[0]
+    if multirun:
+        cells = plan_sweep(overrides)
+    else:
+        cfg = compose_config(overrides)
+        try:
+            validate(cfg)
+        except (ConfigError, MissingInputError) as exc:
+            fail(str(exc))
+        cells = [(Cell(cfg), overrides)]
+    try:
+        cost_plan.run(cells, config)
+    except MissingInputError as exc:
+        fail(str(exc))
 
 
 def plan_sweep(arguments: list[str]):

@@ -40,6 +40,37 @@ class BenchStep:
     on_gpu: bool = False
 
 
+@dataclass(frozen=True)
+class Work:
+    """What one training stage computes, for the plan's cost model (harness/plan.py):
+    `steps` iterations of `batch` images, each image costing `trained` forward passes whose
+    backward reaches the parameters `subset` (harness/models/subsets.py: a backward over a
+    subset costs what the plan measures for it), `student` gradient-free forwards of a
+    student-sized UNet, `teacher` forwards of the teacher's UNet and `encode` VAE encodes
+    (latent models). Multiplied by the models' MACs per image, that is the stage's work;
+    torch's FLOP counter agrees on every method's stage (tests/test_plan.py). `trains`: the
+    student-sized copy it updates (one AdamW state each, for memory and checkpoints)."""
+    stage: str
+    steps: int
+    batch: int
+    trained: float = 0.0
+    student: float = 0.0
+    teacher: float = 0.0
+    encode: float = 0.0
+    subset: str = "full"
+    trains: str = "student"
+
+
+def lower_work(cfg, stage: str, steps: int | None = None, every: int = 1, trains: str = "student") -> Work:
+    """The lower-level loss L_ft, `steps` (default finetune.steps) // `every` times: a student
+    forward and backward over all its parameters per image, one teacher forward when a KD term
+    is on (output and feature KD share it), the images' VAE encode."""
+    loss = cfg.finetune.loss
+    kd = 1.0 if (loss.output_kd or loss.feature_kd) else 0.0
+    return Work(stage, (cfg.finetune.steps if steps is None else steps) // every, cfg.finetune.batch_size,
+                trained=1.0, teacher=kd, encode=1.0, trains=trains)
+
+
 class Method(ABC):
     name: ClassVar[str]
     # The config sections every cell of this method depends on, and those beyond them that
@@ -92,6 +123,12 @@ class Method(ABC):
         """Iterations of the method's last stage (None: it trains nothing): the steps at which
         `eval.recovery_steps` may measure it."""
         return cfg.finetune.steps
+
+    @classmethod
+    def work(cls, cfg) -> list[Work]:
+        """What its stages compute (harness/plan.py turns it into MACs, time and GPU-hours): by
+        default the lower-level fine-tuning of `finetune.steps`."""
+        return [lower_work(cfg, "finetune")]
 
     @classmethod
     def bench_steps(cls, ks: tuple[int, ...]) -> list[BenchStep]:

@@ -140,7 +140,7 @@ def _train_and_evaluate(cfg: DictConfig, cell: Cell, run: CellRun, tracker: Trac
 
 
 def _train_and_evaluate_measured(cfg: DictConfig, cell: Cell, run: CellRun, tracker: Tracker, observer=None) -> dict:
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     main = run is not None  # rank 0 of a data-parallel cell, or the only process
 
     def require_cell(dep_cfg: DictConfig):
@@ -198,7 +198,7 @@ def _train_and_evaluate_measured(cfg: DictConfig, cell: Cell, run: CellRun, trac
         return None  # rank 0 evaluates
     if get_method(cfg.method.name).prunes:  # (the teacher cell's student is the teacher's file)
         save_pruned(ctx.student, ctx.prune_report, cell.path("student"))
-    t_eval = time.perf_counter()
+    t_eval, cpu_eval = time.perf_counter(), time.process_time()
     with distributed.alone():  # the other ranks wait at the cell's final barrier
         metrics, metric_info = evaluate(ctx, ctx.student)
         cell.append_metrics({"time": time.time(), "stage": "eval", "step": 0, "values": metrics})
@@ -215,7 +215,8 @@ def _train_and_evaluate_measured(cfg: DictConfig, cell: Cell, run: CellRun, trac
         "pruning": {k: v for k, v in vars(ctx.prune_report).items() if k != "kept_channels"},
         # the cell this one starts from or is compared with: its method's `reference` (stage 1 cost, CSD reference)
         "depends_on": cell_id(reference) if reference is not None else None,
-        "timings": {**timings, "eval_seconds": time.perf_counter() - t_eval, "total_seconds": time.perf_counter() - t_start},
+        "timings": {**timings, "eval_seconds": time.perf_counter() - t_eval, "total_seconds": time.perf_counter() - t_start,
+                    "eval_cpu_seconds": time.process_time() - cpu_eval, "total_cpu_seconds": time.process_time() - cpu_start},
         "finished_at": _now(),
         # what decides the numbers beyond the config (harness/numerics.py): tables never
         # average cells of different kernel sets silently

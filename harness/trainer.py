@@ -164,7 +164,7 @@ class Trainer:
         for module in stage.modules().values():
             module.train()
         pending: dict[str, list[torch.Tensor]] = {}
-        t0, done = time.perf_counter(), 0
+        t0, cpu0, done = time.perf_counter(), time.process_time(), 0
         main = distributed.world().main
         progress = _progress(stage, start, cfg.progress) if main else None
         with distributed.data_parallel():
@@ -209,8 +209,9 @@ class Trainer:
         for module in stage.modules().values():
             module.eval()
         seconds = time.perf_counter() - t0
+        # CPU seconds (all threads) beside wall: what harness.plan calibrates a CPU's rate by
         return {"steps_run": done, "seconds": seconds, "seconds_per_step": seconds / done if done else None,
-                "seconds_total": seconds_before + seconds}
+                "seconds_total": seconds_before + seconds, "cpu_seconds": time.process_time() - cpu0}
 
 
 def _progress(stage: Stage, start: int, enabled: bool | None):

@@ -29,11 +29,12 @@ only the outer step trains in this solver).
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import torch
 
 from harness import schema as S
-from harness.method import BenchStep, Method, register
+from harness.method import BenchStep, Method, lower_work, register
 from harness.record import plain
 from harness.trainer import Optim, Stage
 from methods import erasers
@@ -161,6 +162,21 @@ class Bilevel(Method):
     @classmethod
     def reference(cls, cfg):
         return distill_config(cfg)
+
+    @classmethod
+    def work(cls, cfg):
+        m = cfg.method
+        # alternating: every parameter keeps its gradient for the lower step, so the upper
+        # loss's backward reaches all of them; penalty: L_CU through `restricted`, θ_U only
+        subset = "full" if m.solver == "alternating" else m.upper_params
+        upper = erasers.eraser_work(cfg, "bilevel upper", cfg.finetune.steps // m.K, m.upper_batch_size, True, subset, m.x_source)
+        if m.solver == "alternating":
+            return [lower_work(cfg, "bilevel lower"), *upper]
+        # penalty: ϑ's inner step every iteration; the outer step's L_ft on θ (forward and
+        # backward) and on ϑ (forward only, its own teacher forward) beside L_CU
+        outer = lower_work(cfg, "bilevel outer L_ft", every=m.K)
+        return [lower_work(cfg, "bilevel inner", trains="inner copy"),
+                replace(outer, student=outer.student + 1, teacher=2 * outer.teacher, encode=2 * outer.encode), *upper]
 
     @classmethod
     def bench_steps(cls, ks):

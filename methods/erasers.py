@@ -23,7 +23,8 @@ from torch import nn
 
 from harness.concepts import Concept
 from harness.errors import ConfigError
-from harness.method import register_eraser_keys
+from harness.method import Work, register_eraser_keys
+from harness.models.subsets import parameter_subset  # noqa: F401 - the stages' and tests' name for it
 from harness.losses import ablation_target, esd_target, noisy_inputs, weighted_mse
 from harness.sampling import sample
 from harness.trainer import Optim, Stage
@@ -67,18 +68,22 @@ def validate(cfg) -> None:
         raise ConfigError("eraser", cfg.eraser.name, f"one of {', '.join(ERASERS)}")
 
 
-def parameter_subset(unet: nn.Module, which: str, layers: str = "all") -> list[nn.Parameter]:
-    """ESD-x trains cross-attention only (`attn2`), ESD-u everything else, `full` all;
-    `layers=linear_conv` keeps only the parameters of Linear and Conv layers among them."""
-    names = [n for n, _ in unet.named_parameters()]
-    if layers == "linear_conv":
-        owned = {f"{m}.{n}" if m else n for m, mod in unet.named_modules() if isinstance(mod, (nn.Linear, nn.Conv2d))
-                 for n, _ in mod.named_parameters(recurse=False)}
-    else:
-        owned = set(names)
-    in_xattn = {n for n in names if ".attn2." in f".{n}"}
-    keep = {"full": set(names), "xattn": in_xattn, "noxattn": set(names) - in_xattn}[which] & owned
-    return [p for n, p in unet.named_parameters() if n in keep]
+def eraser_work(cfg, stage: str, steps: int, batch: int, frozen_is_teacher: bool, subset: str, x_source: str) -> list[Work]:
+    """What `steps` eraser iterations of `batch` images compute (Eraser.loss): the student's
+    forward and a backward reaching `subset`; the frozen model's target (ESD: conditional and
+    unconditional forwards; concept ablation: the anchor's); with x_t from the sampler, on
+    average half of `sampler_steps` guided steps (the stop is drawn from 1..steps-1) of the
+    sampling model; with x_t from images, their VAE encode."""
+    e = cfg.eraser
+    frozen = 2.0 if e.name == "esd" else 1.0
+    sampler = 0.0
+    if x_source == "sampler":
+        sampler = e.sampler_steps / 2 * (1.0 if e.sampler_guidance == 1.0 else 2.0)
+    on_teacher = frozen_is_teacher and e.sampler_model == "frozen"
+    student = (0.0 if frozen_is_teacher else frozen) + (0.0 if on_teacher else sampler)
+    teacher = (frozen if frozen_is_teacher else 0.0) + (sampler if on_teacher else 0.0)
+    return [Work(stage, steps, batch, trained=1.0, student=student, teacher=teacher,
+                 encode=1.0 if x_source == "images" else 0.0, subset=subset)]
 
 
 def concept_of(caption: str, concepts: list[Concept]) -> Concept:

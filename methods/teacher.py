@@ -23,5 +23,9 @@ class Teacher(Method):
     def trained_steps(cls, cfg):
         return None
 
+    @classmethod
+    def work(cls, cfg):
+        return []  # evaluated as it is
+
     def stages(self):
         return iter(())

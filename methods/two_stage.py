@@ -46,6 +46,13 @@ class TwoStage(Method):
         return cfg.eraser.steps  # the eraser stage (stage 1 is the distill cell's)
 
     @classmethod
+    def work(cls, cfg):
+        # stage 1 is its reference cell's (planned as a cell of its own); the frozen model is
+        # the distilled student
+        return erasers.eraser_work(cfg, "erase", cfg.eraser.steps, cfg.eraser.batch_size, frozen_is_teacher=False,
+                                   subset=cfg.eraser.params, x_source=cfg.eraser.x_source)  # EraseStage trains only `params`
+
+    @classmethod
     def bench_steps(cls, ks):
         return [BenchStep(f"eraser {e}", ("method=two_stage", f"eraser={e}"), "erase") for e in erasers.ERASERS]
 

@@ -1,0 +1,487 @@
+"""`python -m harness -m <sweep> --plan`: what a sweep will cost, before anything runs.
+
+For every cell: its state (done / queued / to run), its overrides and id, and estimates of its
+time, GPU-hours, peak GPU memory and disk; then the sweep's totals and, with launcher=slurm,
+the scheduler's verdict on the request (`sbatch --test-only`). Nothing is trained or written.
+
+The cost model, stated (the plan prints it):
+- work: each stage a method declares (`Method.work`: steps × batch × passes per image) times
+  the UNets' multiply-accumulates per image — the pruned student's and the teacher's, counted
+  at the model's own latent size (`harness.pruning.count_macs_params`); plus one VAE encode
+  per training image of a latent model; plus evaluation: every image it samples (neutral,
+  per-concept, grid, recovery sets) × sampler steps × 2 with classifier-free guidance × the
+  student's MACs (+ a VAE decode), and the model-level metrics' forwards. Torch's FLOP counter
+  agrees with the training part on every benchmark step (tests/test_plan.py).
+- time: a fixed in-cell start-up + training work / training rate + evaluation work / sampling
+  rate, on one device; data parallelism divides the work by the GPUs per cell.
+- calibration, first found: finished cells in out_dir of the same model on the same kind of
+  device (their measured seconds per MAC: CPU-seconds on a CPU, wall on a GPU); else
+  `harness.bench --gpu` figures (docs/bench/gpu.json) for the training rate; else
+  uncalibrated: 35% of an H100's dense bf16 peak and a 300 s start-up, marked as such.
+- peak GPU memory: weights, gradients and AdamW state (16 bytes per trained parameter), the
+  frozen models' weights (4 bytes per parameter), and activations: the bytes autograd saves
+  for one image at the pruning's trace size, scaled by latent area and the batch per GPU.
+- disk: the checkpoints kept (weights + optimizer state) and the evaluation images (PNG,
+  assumed half the raw size).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+H100_BF16 = 989e12  # FLOP/s, dense (harness/bench/gpu.py's table)
+ASSUMED_MFU = 0.35
+ASSUMED_STARTUP_S = 300.0
+PNG_SHARE = 0.5
+
+
+@dataclass
+class Sizes:
+    """Per image: MACs of the student's and the teacher's UNet forward, the VAE's encode and
+    decode (0 in pixel space); parameter counts; activation bytes of one training image."""
+    student_macs: float
+    teacher_macs: float
+    student_params: int
+    teacher_params: int
+    encode_macs: float = 0.0
+    decode_macs: float = 0.0
+    frozen_params: int = 0  # text encoder + VAE
+    activation_bytes: float = 0.0
+    # a backward pass over each parameter subset, as a share of the student's forward
+    # (torch's FLOP counter at the trace size): layers before the first trained one need none
+    backward: dict = field(default_factory=lambda: {"full": 2.0})
+
+
+@dataclass
+class Calibration:
+    source: str
+    train_rate: float  # MAC per device-second, training
+    eval_rate: float  # MAC per device-second, evaluation
+    startup_s: float
+    calibrated: bool = True
+    per_image_s: float = 0.0  # evaluation's cost per image beside the UNet (metric backbones, decoding to files)
+
+
+@dataclass
+class CellPlan:
+    cell: object
+    overrides: list[str]
+    state: str
+    train_macs: float
+    eval_macs: float
+    seconds: float = 0.0  # device-seconds on one device
+    wall_s: float = 0.0
+    gpu_h: float = 0.0
+    peak_gb: float = 0.0
+    disk_gb: float = 0.0
+    stages: list = field(default_factory=list)
+
+
+# -- sizes ------------------------------------------------------------------------------------
+def _cache_dir() -> Path:
+    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "harness") / "plan"
+
+
+def sizes(cfg: DictConfig) -> Sizes:
+    """The cell's UNet sizes: from its pruned_init when the cell has started, else by pruning
+    a UNet of the model's layout (random weights: MACs depend on the layout alone), cached by
+    layout, ratio and importance under $HARNESS_CACHE/plan."""
+    from harness.method import get_method
+
+    prunes = get_method(cfg.method.name).prunes
+    layout = _layout(cfg.model)
+    key = hashlib.sha256(json.dumps([layout, cfg.pruning.ratio if prunes else 0, cfg.pruning.importance if prunes else ""],
+                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = _cache_dir() / f"{key}.json"
+    if path.is_file():
+        return Sizes(**json.loads(path.read_text()))
+    found = _measure(cfg, layout, prunes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from harness.files import write_atomic
+
+    write_atomic(path, json.dumps(found.__dict__))
+    return found
+
+
+def _layout(model: DictConfig) -> dict:
+    """What decides the sizes: the UNet/VAE/text-encoder configs (SD 2.1: read from its
+    folder's config.json files, no weights), or the tiny model's config section."""
+    if model.name == "sd21":
+        from harness.models.sd21 import locate
+
+        root = locate(model)
+        return {sub: json.loads((root / sub / "config.json").read_text()) for sub in ("unet", "vae", "text_encoder")} | {
+            "resolution": model.resolution}
+    return OmegaConf.to_container(model, resolve=True)
+
+
+def _measure(cfg: DictConfig, layout: dict, prunes: bool) -> Sizes:
+    import torch
+
+    from harness.pruning import TRACE_SIZE, count_macs_params, example_inputs, prune_unet
+
+    torch.manual_seed(0)
+    if cfg.model.name == "sd21":
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        strip = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731
+        teacher = UNet2DConditionModel(**strip(layout["unet"]))
+        vae = AutoencoderKL(**strip(layout["vae"]))
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        with torch.device("meta"):  # its size only: nothing allocated
+            text_encoder = CLIPTextModel(CLIPTextConfig(**strip(layout["text_encoder"])))
+        frozen = sum(p.numel() for p in vae.parameters()) + sum(p.numel() for p in text_encoder.parameters())
+        encode, decode = _vae_macs(vae, cfg.model.resolution)
+        del vae
+    else:
+        from harness.models import build_parts
+
+        parts = build_parts(cfg.model)
+        teacher, encode, decode = parts.unet, 0.0, 0.0
+        frozen = sum(p.numel() for p in parts.text_encoder.parameters())
+    teacher.requires_grad_(False).eval()
+    size = teacher.config.sample_size
+    t_macs, t_params = count_macs_params(teacher)
+    student = prune_unet(teacher, cfg.pruning.ratio, cfg.pruning.importance, 0)[0] if prunes else teacher
+    s_macs, s_params = count_macs_params(student) if prunes else (t_macs, t_params)
+    backward = _backward_shares(student, min(TRACE_SIZE, size))
+    # activations: what autograd keeps for the backward of one image at the trace size
+    saved = [0]
+
+    def pack(t):
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    trace = min(TRACE_SIZE, size)
+    student.requires_grad_(True).train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = student(**example_inputs(student, batch=1, size=trace)).sample
+    out.sum().backward()
+    return Sizes(float(s_macs), float(t_macs), int(s_params), int(t_params), float(encode), float(decode), int(frozen),
+                 saved[0] * (size / trace) ** 2, backward)
+
+
+def _backward_shares(unet, trace: int) -> dict[str, float]:
+    """FLOPs of a backward reaching each parameter subset, over the forward's FLOPs."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harness.models.subsets import SUBSETS, parameter_subset
+    from harness.pruning import example_inputs
+
+    shares = {}
+    inputs = example_inputs(unet, batch=1, size=trace)
+    for subset in SUBSETS:
+        params = parameter_subset(unet, subset)
+        unet.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        if not params:
+            shares[subset] = 0.0
+            continue
+        with FlopCounterMode(display=False) as forward:
+            out = unet(**inputs).sample
+        with FlopCounterMode(display=False) as backward:
+            out.float().sum().backward()
+        shares[subset] = backward.get_total_flops() / forward.get_total_flops()
+        unet.zero_grad(set_to_none=True)
+    unet.requires_grad_(True)
+    return shares
+
+
+def _vae_macs(vae, resolution: int) -> tuple[float, float]:
+    import torch
+    import torch_pruning as tp
+
+    image = torch.zeros(1, vae.config.in_channels, resolution, resolution)
+    with torch.no_grad():
+        latent = vae.encode(image).latent_dist.mean
+    encode, _ = tp.utils.count_ops_and_params(lambda_module(lambda x: vae.encode(x).latent_dist.mean, vae), image)
+    decode, _ = tp.utils.count_ops_and_params(lambda_module(lambda z: vae.decode(z).sample, vae), latent)
+    return float(encode), float(decode)
+
+
+def lambda_module(fn, owner=None):
+    import torch
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.owner = owner
+
+        def forward(self, x):
+            return fn(x)
+
+    return Wrapped()
+
+
+# -- work ---------------------------------------------------------------------------------------
+def eval_images(cfg: DictConfig) -> tuple[int, int]:
+    """(images sampled, images forwarded for model-level metrics) by a cell's evaluation
+    (harness/evaluation.py): neutral + per-concept sets, the grid, each recovery step's neutral
+    set; held-out MSE of student and teacher, guidance alignment per concept."""
+    from harness import concepts as registry
+    from harness.method import get_method
+
+    ev = cfg.eval
+    which = ev.concepts
+    if which == "auto":
+        which = "set" if get_method(cfg.method.name).erases else "all"
+    if which == "all":
+        n_concepts = len(registry.DOMAINS[cfg.data.domain])
+    else:
+        erase, retain = registry.resolve_set(cfg.data.domain, cfg.concepts.erase, cfg.concepts.retain)
+        n_concepts = len(erase) + len(retain)
+    images = (ev.grid_neutral + n_concepts) if (ev.grid_neutral or n_concepts) else 0
+    if ev.backbone != "none":
+        images += ev.neutral_prompts + ev.concept_prompts * n_concepts + len(ev.recovery_steps or []) * ev.neutral_prompts
+    heldout = cfg.data.heldout_size
+    forwards = heldout * 2 + n_concepts * heldout * 4 + len(ev.recovery_steps or []) * heldout
+    return images, forwards
+
+
+def cell_work(cfg: DictConfig, s: Sizes) -> tuple[float, float, list]:
+    """(training MACs, evaluation MACs, [(stage, MACs)]) of one cell."""
+    from harness.method import get_method
+
+    stages = []
+    for w in get_method(cfg.method.name).work(cfg):
+        trained = w.trained * (1.0 + s.backward.get(w.subset, 2.0)) * s.student_macs
+        per_image = trained + w.student * s.student_macs + w.teacher * s.teacher_macs + w.encode * s.encode_macs
+        stages.append((w.stage, w.steps * w.batch * per_image))
+    sampled, forwards = eval_images(cfg)
+    guided = 1.0 if float(cfg.eval.guidance) == 1.0 else 2.0
+    eval_macs = sampled * (cfg.eval.sample_steps * guided * s.student_macs + s.decode_macs) + forwards * s.student_macs
+    return sum(m for _, m in stages), eval_macs, stages
+
+
+# -- calibration --------------------------------------------------------------------------------
+def calibrate(cfg: DictConfig, out_dir: Path, device: str) -> Calibration:
+    """Seconds per MAC from the finished cells of the same model and device kind in out_dir,
+    else harness.bench figures, else stated assumptions."""
+    train_macs = train_s = 0.0
+    evals, startups = [], []
+    for folder in sorted((out_dir / "cells").glob("*/results.json")) if (out_dir / "cells").is_dir() else []:
+        results = json.loads(folder.read_text())
+        timing, config = results.get("timings") or {}, OmegaConf.create(results.get("config") or {})
+        on = "cuda" if (results.get("cost") or {}).get("gpus") else "cpu"
+        if on != device or config.get("model", {}).get("name") != cfg.model.name or "total_cpu_seconds" not in timing:
+            continue
+        try:
+            t_macs, e_macs, _ = cell_work(config, sizes(config))
+            images = eval_images(config)[0]
+        except Exception:  # a cell of another checkout's methods or configs: not a calibration point
+            continue
+        clock = (lambda k: timing.get(k.replace("seconds", "cpu_seconds"))) if on == "cpu" else timing.get
+        stage_s = sum((v.get("cpu_seconds") if on == "cpu" else v.get("seconds")) or 0.0
+                      for v in timing.values() if isinstance(v, dict))
+        if t_macs:
+            train_macs, train_s = train_macs + t_macs, train_s + stage_s
+        evals.append((images, e_macs, clock("eval_seconds")))
+        startups.append(clock("total_seconds") - clock("eval_seconds") - stage_s)
+    if evals:
+        per_image, eval_rate = _fit_evaluation(evals)
+        train_rate = train_macs / train_s if train_s > 0 else eval_rate
+        unit = "CPU-seconds" if device == "cpu" else "GPU wall seconds"
+        return Calibration(f"{len(evals)} finished cell(s) of model={cfg.model.name} on {device} in {out_dir} ({unit}): "
+                           f"training {train_rate * 2 / 1e9:.3g} GFLOP/s, sampling {eval_rate * 2 / 1e9:.3g} GFLOP/s "
+                           f"+ {per_image:.3g} s per evaluated image, start-up {sum(startups) / len(startups):.3g} s",
+                           train_rate, eval_rate, sum(startups) / len(startups), per_image_s=per_image)
+    from harness.method import baseline_method
+
+    baseline = baseline_method().name  # the benchmark's baseline step: plain fine-tuning
+    docs = Path(__file__).resolve().parent.parent / "docs" / "bench"
+    if device == "cpu" and (docs / "cpu.json").is_file():
+        figures = json.loads((docs / "cpu.json").read_text())
+        row = (figures.get("training") or {}).get("per_step", {}).get(baseline) or {}
+        threads = (figures.get("machine") or {}).get("torch_threads") or 1
+        if row.get("flops_lower") and row.get("seconds"):
+            rate = row["flops_lower"] / 2 / (row["seconds"] * threads)  # per CPU-second: wall × threads
+            startup = (figures.get("cell") or {}).get("fixed_s") or ASSUMED_STARTUP_S
+            return Calibration(f"harness.bench figures of the reference machine ({docs / 'cpu.json'}: "
+                               f"{(figures.get('machine') or {}).get('cpu')}, {threads} threads): the {baseline} step's rate for "
+                               f"training and sampling, a {startup:.0f} s start-up; run a cell here to calibrate to this machine",
+                               rate, rate, startup * threads)
+    bench = docs / "gpu.json"
+    if device == "cuda" and bench.is_file():
+        row = (json.loads(bench.read_text()).get("training") or {}).get("per_step", {}).get(baseline) or {}
+        if row.get("flops_lower") and row.get("seconds"):
+            rate = row["flops_lower"] / 2 / row["seconds"]
+            return Calibration(f"harness.bench --gpu ({bench}): {baseline} step, {rate * 2 / 1e12:.0f} TFLOP/s; start-up assumed {ASSUMED_STARTUP_S:.0f} s",
+                               rate, rate, ASSUMED_STARTUP_S)
+    rate = ASSUMED_MFU * H100_BF16 / 2
+    return Calibration(f"UNCALIBRATED: assumes {ASSUMED_MFU:.0%} of an H100's dense bf16 peak ({H100_BF16 / 1e12:.0f} TFLOP/s) "
+                       f"and a {ASSUMED_STARTUP_S:.0f} s start-up per cell; run cells (or python -m harness.bench --gpu) to calibrate",
+                       rate, rate, ASSUMED_STARTUP_S, calibrated=False)
+
+
+def _fit_evaluation(points: list[tuple[int, float, float]]) -> tuple[float, float]:
+    """(seconds per evaluated image, MACs per second) from [(images, MACs, seconds)]: least
+    squares on both when the cells tell them apart (at the world's scale the per-image cost
+    of metrics and files is most of an evaluation; at SD 2.1's the UNet's MACs are), else
+    the MAC rate alone."""
+    import numpy as np
+
+    a = np.array([[i, m] for i, m, _ in points], dtype=float)
+    y = np.array([t for _, _, t in points], dtype=float)
+    if len(points) >= 2 and np.linalg.matrix_rank(a / a.max(axis=0)) == 2:
+        (per_image, per_mac), *_ = np.linalg.lstsq(a, y, rcond=None)
+        if per_image >= 0 and per_mac > 0:
+            return float(per_image), float(1 / per_mac)
+    return 0.0, float(a[:, 1].sum() / y.sum())
+
+
+# -- the plan ----------------------------------------------------------------------------------
+def gpus_per_cell(config: DictConfig) -> int:
+    launcher = (config.get("hydra") or {}).get("launcher") or {}
+    if "harness_launcher" not in str(launcher.get("_target_", "")):
+        return 0 if config.runtime.device == "cpu" or not _cuda() else 1
+    return int(launcher.get("gpus_per_node") or 1) * int(launcher.get("nodes") or 1)
+
+
+def _threads(cfg: DictConfig) -> int:
+    import torch
+
+    return int(cfg.runtime.get("threads") or torch.get_num_threads())
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def plan_cells(cells, config: DictConfig, out_dir: Path, busy: set[str]) -> tuple[list[CellPlan], dict]:
+    gpus = gpus_per_cell(config)
+    device = "cuda" if gpus else "cpu"
+    calibration = None
+    plans = []
+    for cell, overrides in cells:
+        cfg = cell.cfg
+        if calibration is None:
+            calibration = calibrate(cfg, out_dir, device)
+        s = sizes(cfg)
+        train, ev, stages = cell_work(cfg, s)
+        seconds = (calibration.startup_s + train / calibration.train_rate + ev / calibration.eval_rate
+                   + eval_images(cfg)[0] * calibration.per_image_s)
+        parallel = max(gpus, 1)
+        wall = calibration.startup_s + (seconds - calibration.startup_s) / parallel
+        if not gpus:  # CPU-seconds over the threads a cell uses
+            wall = seconds / _threads(cfg)
+        state = "done" if cell.done else "queued" if cell.id in busy else "to run"
+        plans.append(CellPlan(cell, overrides, state, train, ev, seconds, wall, wall * gpus / 3600,
+                              peak_memory(cfg, s, parallel) if gpus else 0.0, disk(cfg, s), stages))
+    return plans, {"calibration": calibration, "gpus": gpus, "device": device}
+
+
+def peak_memory(cfg: DictConfig, s: Sizes, gpus: int) -> float:
+    """GB on one GPU while training (the largest stage's batch per GPU)."""
+    from harness.method import get_method
+
+    works = get_method(cfg.method.name).work(cfg)
+    if not works:
+        return (s.teacher_params + s.frozen_params) * 4 / 2**30
+    copies = len({w.trains for w in works})  # each trained copy: weights, gradients, AdamW state
+    batch = max(math.ceil(w.batch / gpus) for w in works)
+    bytes_ = 16 * s.student_params * copies + 4 * (s.teacher_params + s.frozen_params + s.student_params) + batch * s.activation_bytes
+    if cfg.train.get("precision") == "bf16":
+        bytes_ -= batch * s.activation_bytes / 2  # autocast keeps most saved activations in bf16
+    return bytes_ / 2**30
+
+
+def disk(cfg: DictConfig, s: Sizes) -> float:
+    from harness.method import get_method
+
+    works = get_method(cfg.method.name).work(cfg)
+    kept = cfg.runtime.keep_checkpoints + len(cfg.eval.recovery_steps or [])
+    ckpt = (4 + 8) * s.student_params * kept * len({w.trains for w in works})  # weights + AdamW state per trained copy
+    sampled, _ = eval_images(cfg)
+    pixels = cfg.model.resolution ** 2 * 3
+    return (ckpt + 2 * 4 * s.student_params + sampled * pixels * PNG_SHARE) / 2**30
+
+
+def _si(x: float) -> str:
+    """A count with an SI prefix: 6.2 T, 1.5 E."""
+    for value, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if x >= value:
+            return f"{x / value:.3g} {prefix}"
+    return f"{x:.3g}"
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def report(plans: list[CellPlan], meta: dict, config: DictConfig, say=print) -> None:
+    from harness.method import get_method
+    from harness.record import method_label
+    from harness.tracking import flatten
+
+    cal, gpus = meta["calibration"], meta["gpus"]
+    launcher = (config.get("hydra") or {}).get("launcher") or {}
+    counts = {k: sum(p.state == k for p in plans) for k in ("done", "queued", "to run")}
+    where = f"SLURM, {gpus} GPU(s) per cell" if "harness_launcher" in str(launcher.get("_target_", "")) else f"local, {meta['device']}"
+    say(f"plan: {config.get('sweep_name') or 'adhoc'}, {len(plans)} cells: {counts['done']} done, {counts['queued']} queued, "
+        f"{counts['to run']} to run ({where}); nothing has been trained or written")
+    say("cost model: work = Σ stages steps × batch × (student passes × student MACs + teacher forwards × teacher MACs + "
+        "VAE encodes) + evaluation (images × sampler steps × 2 with CFG × student MACs); time = start-up + work / rate")
+    say(f"calibration: {cal.source}")
+    unit = "GPU-h" if gpus else "CPU-h"
+    say(f"| cell | state | method | ratio | student MAC/img | training MAC | evaluation MAC | time per cell | {unit} | peak GPU GB | disk GB | overrides |")
+    say("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    todo = [p for p in plans if p.state == "to run"]
+    shared = set.intersection(*(set(p.overrides) for p in plans)) if len(plans) > 1 else set()  # the command line's
+    for p in plans:
+        cfg = p.cell.cfg
+        s = sizes(cfg)
+        label = method_label(flatten(OmegaConf.to_container(cfg, resolve=True)))
+        hours = p.gpu_h if gpus else p.seconds / 3600
+        ratio = f"{cfg.pruning.ratio:g}" if get_method(cfg.method.name).prunes else "-"
+        peak = f"{p.peak_gb:.1f}" if gpus else "-"
+        say(f"| {p.cell.id} | {p.state} | {label} | {ratio} | {_si(s.student_macs)} | {_si(p.train_macs)} | "
+            f"{_si(p.eval_macs)} | {_hours(p.wall_s)} | {hours:.3g} | {peak} | {p.disk_gb:.2f} | {' '.join(o for o in p.overrides if o not in shared)} |")
+    total_h = sum((p.gpu_h if gpus else p.seconds / 3600) for p in todo)
+    parallel = int(launcher.get("array_parallelism") or 1) if gpus else 1
+    longest = max((p.wall_s for p in todo), default=0.0)
+    wall = max(longest, sum(p.wall_s for p in todo) / parallel)
+    say(f"to run: {len(todo)} cells, {total_h:.3g} {unit}, about {_hours(wall)} of wall time "
+        f"({'at most ' + str(parallel) + ' at once' if gpus else 'one after another'}; longest cell {_hours(longest)})")
+    timeout = launcher.get("timeout_min")
+    if timeout and todo:
+        over = [p for p in todo if p.wall_s > timeout * 60]
+        if over:
+            attempts = max(math.ceil(p.wall_s / (timeout * 60)) for p in over)
+            say(f"time limit: {len(over)} cell(s) outlast timeout_min={timeout} and resume from checkpoints over up to "
+                f"{attempts} attempts (max_num_timeout={launcher.get('max_num_timeout')})")
+    if not cal.calibrated:
+        say("note: uncalibrated estimates; the plan's figures are the cost model's, not measurements")
+
+
+def run(cells, config: DictConfig, say=print) -> None:
+    """Print the plan of `cells` ([(Cell, overrides)], validated) for the composed `config`;
+    with launcher=slurm, then ask the scheduler about the request (exits 2 on a refusal)."""
+    out_dir = Path(config.out_dir)
+    launcher = (config.get("hydra") or {}).get("launcher") or {}
+    on_slurm = "harness_launcher" in str(launcher.get("_target_", ""))
+    busy: set[str] = set()
+    if on_slurm and (out_dir / "slurm").is_dir():
+        from harness.launch import records
+
+        busy = records.in_flight(records.load_submissions(out_dir))  # read only: no reconcile
+    plans, meta = plan_cells(cells, config, out_dir, busy)
+    report(plans, meta, config, say)
+    todo = sum(p.state == "to run" for p in plans)
+    if on_slurm and todo:
+        from harness.launch.slurm import HarnessSlurmLauncher
+
+        params = {k: v for k, v in OmegaConf.to_container(launcher, resolve=True).items() if k != "_target_"}
+        HarnessSlurmLauncher(**params).test_only(todo)
+        say(f"sbatch --test-only: SLURM accepts the array of {todo} cells ({', '.join(f'{k}={launcher.get(k)}' for k in ('partition', 'gpus_per_node', 'cpus_per_gpu', 'mem_per_gpu', 'timeout_min') if launcher.get(k) is not None)})")

@@ -1,0 +1,91 @@
+"""`--plan`: the cost model's work agrees with torch's FLOP counter, its time estimates match
+measured cells within ±30% once calibrated by finished ones, and it writes nothing."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import pytest
+import torch
+
+from tests.conftest import SMALL, SMALL_WORLD
+
+
+@pytest.mark.parametrize("overrides", [
+    ["method=distill"],
+    ["method=distill", "finetune.loss.output_kd=0", "finetune.loss.feature_kd=0"],  # no teacher forward
+    ["method=two_stage", "eraser=esd", "eraser.x_source=images"],
+    ["method=two_stage", "eraser=concept_ablation", "eraser.x_source=sampler", "eraser.sampler_steps=2"],
+    ["method=bilevel", "method.solver=alternating", "method.K=2"],
+    ["method=bilevel", "method.solver=penalty", "method.K=2"],
+    ["method=bilevel", "method.K=2", "method.x_source=sampler", "eraser.sampler_steps=2", "eraser.sampler_guidance=3"],
+], ids=["distill", "diffusion-only", "esd", "ca-sampler", "alternating", "penalty", "sampler-xt"])
+def test_a_methods_declared_work_is_what_torch_counts(context_for, overrides):
+    """Method.work × the UNets' MACs = the FLOPs torch's counter sees over the stage's steps
+    (every optimizer's loss, forward and backward, as often as the stage updates it)."""
+    from harness.bench.steps import method_stage, step_flops
+    from harness.method import get_method
+    from harness.plan import Sizes, cell_work
+
+    ctx = context_for([*SMALL, *SMALL_WORLD, *overrides])
+    stage = method_stage(ctx)
+    updates = {}
+    for step in range(stage.steps):
+        for name in stage.updates(step):
+            updates[name] = updates.get(name, 0) + 1
+    counted = sum(n * step_flops(stage, name, torch.device("cpu"), [torch.Generator().manual_seed(7)]) for name, n in updates.items())
+    from harness.plan import _backward_shares
+
+    report = ctx.prune_report
+    sizes = Sizes(report.macs_after, report.macs_before, report.params_after, report.params_before,
+                  backward=_backward_shares(copy.deepcopy(ctx.student), 8))
+    declared, _, _ = cell_work(ctx.cfg, sizes)
+    assert get_method(ctx.cfg.method.name).work(ctx.cfg)
+    assert declared * 2 == pytest.approx(counted, rel=0.03), (declared * 2, counted)
+
+
+def test_the_plan_predicts_the_smoke_cells_within_30_percent(smoke_sweep, tmp_path, capsys):
+    """Calibrated by the sweep's reference cells (teacher and distill: they run first in any
+    sweep), the plan predicts each erasing cell's measured CPU time within ±30% (CPU time, not
+    wall: other tests share the cores). Nothing is written to out_dir."""
+    from harness.app import check, plan_sweep
+    from harness.compose import load_with_hydra_node
+    from harness.plan import plan_cells
+
+    out, done = smoke_sweep
+    assert done.returncode == 0, done.stderr[-2000:]
+    fresh = tmp_path / "out"
+    args = ["sweep=smoke", "runtime.progress=false", f"out_dir={fresh}"]
+    cells = plan_sweep(args)
+    (fresh / "cells").mkdir(parents=True)
+    references = {c.id for c, _ in cells if c.cfg.method.name in ("teacher", "distill")}
+    for cid in references:
+        shutil.copytree(out / "cells" / cid, fresh / "cells" / cid)
+    plans, meta = plan_cells(cells, load_with_hydra_node(args, True)[0], fresh, set())
+    assert meta["calibration"].calibrated and "2 finished cell(s)" in meta["calibration"].source
+    predicted = [p for p in plans if p.cell.id not in references]
+    assert len(predicted) == 4 and all(p.state == "to run" for p in predicted)
+    for p in predicted:
+        measured = json.loads((out / "cells" / p.cell.id / "results.json").read_text())["timings"]["total_cpu_seconds"]
+        assert 0.7 <= p.seconds / measured <= 1.3, (p.cell.cfg.method.name, p.overrides, p.seconds, measured)
+
+    before = sorted(str(f.relative_to(fresh)) for f in fresh.rglob("*"))
+    with pytest.raises(SystemExit) as exit_info:
+        check(["-m", *args, "--plan"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert f"plan: smoke, 6 cells: 2 done, 0 queued, 4 to run" in printed and "calibration: 2 finished cell(s)" in printed
+    assert all(p.cell.id in printed for p in plans)
+    assert sorted(str(f.relative_to(fresh)) for f in fresh.rglob("*")) == before
+
+
+def test_a_plan_of_a_bad_sweep_fails_in_one_line(tmp_path, capsys):
+    from harness.app import check
+
+    with pytest.raises(SystemExit) as exit_info:
+        check(["-m", "sweep=smoke", "pruning.ratio=1.5", f"out_dir={tmp_path / 'o'}", "--plan"])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert exit_info.value.code == 2 and len(lines) == 1 and "pruning.ratio=1.5" in lines[0]
+    assert not (tmp_path / "o").exists()
