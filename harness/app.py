@@ -131,11 +131,11 @@ def plan(argv: list[str]) -> None:
     precheck(argv)
     config = load_with_hydra_node(overrides, multirun)[0]
     if multirun:
-        cells = plan_sweep(overrides)
+        cells = plan_sweep(overrides, inputs=False)  # a plan may come before the real-scale files: it lists them
     else:
         cfg = compose_config(overrides)
         try:
-            validate(cfg)
+            validate(cfg, inputs=False)
         except (ConfigError, MissingInputError) as exc:
             fail(str(exc))
         cells = [(Cell(cfg), overrides)]
@@ -145,9 +145,9 @@ def plan(argv: list[str]) -> None:
         fail(str(exc))
 
 
-def plan_sweep(arguments: list[str]):
+def plan_sweep(arguments: list[str], inputs: bool = True):
     """The cells `python -m harness -m <arguments>` would run, composed and validated, without
-    running anything: [(Cell, overrides)], dependencies first."""
+    running anything: [(Cell, overrides)], dependencies first. `inputs=False`: values only."""
     from hydra.types import HydraContext
 
     from harness.sweeper import HarnessSweeper
@@ -158,4 +158,4 @@ def plan_sweep(arguments: list[str]):
     options = {k: v for k, v in OmegaConf.to_container(config.hydra.sweeper).items() if k != "_target_"}
     sweeper = HarnessSweeper(**options)
     sweeper.config, sweeper.hydra_context = config, HydraContext(config_loader=loader, callbacks=None)
-    return sweeper.plan(list(arguments))
+    return sweeper.plan(list(arguments), inputs)

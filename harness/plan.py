@@ -82,6 +82,7 @@ class CellPlan:
     peak_gb: float = 0.0
     disk_gb: float = 0.0
     stages: list = field(default_factory=list)
+    gpus: int = 0
 
 
 # -- sizes ------------------------------------------------------------------------------------
@@ -114,9 +115,13 @@ def _layout(model: DictConfig) -> dict:
     """What decides the sizes: the UNet/VAE/text-encoder configs (SD 2.1: read from its
     folder's config.json files, no weights), or the tiny model's config section."""
     if model.name == "sd21":
-        from harness.models.sd21 import locate
+        from harness.errors import MissingInputError
+        from harness.models.sd21 import PUBLISHED_LAYOUT, locate
 
-        root = locate(model)
+        try:
+            root = locate(model)
+        except MissingInputError:  # planned before the weights are here: SD 2.1's published configs
+            return {**json.loads(json.dumps(PUBLISHED_LAYOUT)), "resolution": model.resolution}
         return {sub: json.loads((root / sub / "config.json").read_text()) for sub in ("unet", "vae", "text_encoder")} | {
             "resolution": model.resolution}
     return OmegaConf.to_container(model, resolve=True)
@@ -154,10 +159,13 @@ def _measure(cfg: DictConfig, layout: dict, prunes: bool) -> Sizes:
     s_macs, s_params = count_macs_params(student) if prunes else (t_macs, t_params)
     backward = _backward_shares(student, min(TRACE_SIZE, size))
     # activations: what autograd keeps for the backward of one image at the trace size
-    saved = [0]
+    saved, seen = [0], {p.untyped_storage().data_ptr() for p in student.parameters()}  # weights are not activations
 
     def pack(t):
-        saved[0] += t.numel() * t.element_size()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in seen:  # each activation once, however many ops keep it
+            seen.add(ptr)
+            saved[0] += t.untyped_storage().nbytes()
         return t
 
     trace = min(TRACE_SIZE, size)
@@ -317,10 +325,12 @@ def calibrate(cfg: DictConfig, out_dir: Path, device: str) -> Calibration:
             rate = row["flops_lower"] / 2 / row["seconds"]
             return Calibration(f"harness.bench --gpu ({bench}): {baseline} step, {rate * 2 / 1e12:.0f} TFLOP/s; start-up assumed {ASSUMED_STARTUP_S:.0f} s",
                                rate, rate, ASSUMED_STARTUP_S)
-    rate = ASSUMED_MFU * H100_BF16 / 2
-    return Calibration(f"UNCALIBRATED: assumes {ASSUMED_MFU:.0%} of an H100's dense bf16 peak ({H100_BF16 / 1e12:.0f} TFLOP/s) "
-                       f"and a {ASSUMED_STARTUP_S:.0f} s start-up per cell; run cells (or python -m harness.bench --gpu) to calibrate",
-                       rate, rate, ASSUMED_STARTUP_S, calibrated=False)
+    bf16 = cfg.train.get("precision") == "bf16"
+    peak = H100_BF16 if bf16 else H100_BF16 / 2  # fp32: convolutions in TF32 (PyTorch's default), half the bf16 peak
+    rate = ASSUMED_MFU * peak / 2
+    return Calibration(f"UNCALIBRATED: assumes {ASSUMED_MFU:.0%} of an H100's dense {'bf16' if bf16 else 'TF32'} peak "
+                       f"({peak / 1e12:.0f} TFLOP/s) and a {ASSUMED_STARTUP_S:.0f} s start-up per cell; run cells "
+                       "(or python -m harness.bench --gpu) to calibrate", rate, rate, ASSUMED_STARTUP_S, calibrated=False)
 
 
 def _fit_evaluation(points: list[tuple[int, float, float]]) -> tuple[float, float]:
@@ -360,26 +370,33 @@ def _cuda() -> bool:
 
 
 def plan_cells(cells, config: DictConfig, out_dir: Path, busy: set[str]) -> tuple[list[CellPlan], dict]:
-    gpus = gpus_per_cell(config)
-    device = "cuda" if gpus else "cpu"
+    from harness.validate import processes_for
+
+    preset = gpus_per_cell(config)
+    launcher = (config.get("hydra") or {}).get("launcher") or {}
+    device = "cuda" if preset else "cpu"
     calibration = None
     plans = []
     for cell, overrides in cells:
         cfg = cell.cfg
+        gpus = preset  # a SLURM cell whose batch does not split over the preset's GPUs gets fewer (launch/slurm.py)
+        if preset > 1 and int(launcher.get("nodes") or 1) == 1:
+            gpus = processes_for(cfg, preset)
         if calibration is None:
             calibration = calibrate(cfg, out_dir, device)
         s = sizes(cfg)
         train, ev, stages = cell_work(cfg, s)
-        seconds = (calibration.startup_s + train / calibration.train_rate + ev / calibration.eval_rate
-                   + eval_images(cfg)[0] * calibration.per_image_s)
+        evaluation = ev / calibration.eval_rate + eval_images(cfg)[0] * calibration.per_image_s
+        seconds = calibration.startup_s + train / calibration.train_rate + evaluation
         parallel = max(gpus, 1)
-        wall = calibration.startup_s + (seconds - calibration.startup_s) / parallel
+        # data parallelism splits the training; evaluation runs on one process (runner)
+        wall = calibration.startup_s + train / calibration.train_rate / parallel + evaluation
         if not gpus:  # CPU-seconds over the threads a cell uses
             wall = seconds / _threads(cfg)
         state = "done" if cell.done else "queued" if cell.id in busy else "to run"
         plans.append(CellPlan(cell, overrides, state, train, ev, seconds, wall, wall * gpus / 3600,
-                              peak_memory(cfg, s, parallel) if gpus else 0.0, disk(cfg, s), stages))
-    return plans, {"calibration": calibration, "gpus": gpus, "device": device}
+                              peak_memory(cfg, s, parallel) if gpus else 0.0, disk(cfg, s), stages, gpus))
+    return plans, {"calibration": calibration, "gpus": preset, "device": device}
 
 
 def peak_memory(cfg: DictConfig, s: Sizes, gpus: int) -> float:
@@ -391,7 +408,9 @@ def peak_memory(cfg: DictConfig, s: Sizes, gpus: int) -> float:
         return (s.teacher_params + s.frozen_params) * 4 / 2**30
     copies = len({w.trains for w in works})  # each trained copy: weights, gradients, AdamW state
     batch = max(math.ceil(w.batch / gpus) for w in works)
-    bytes_ = 16 * s.student_params * copies + 4 * (s.teacher_params + s.frozen_params + s.student_params) + batch * s.activation_bytes
+    frozen_copy = any(w.student for w in works)  # gradient-free student-sized forwards: a frozen copy (two-stage's F)
+    bytes_ = (16 * s.student_params * copies + 4 * (s.teacher_params + s.frozen_params + frozen_copy * s.student_params)
+              + batch * s.activation_bytes)
     if cfg.train.get("precision") == "bf16":
         bytes_ -= batch * s.activation_bytes / 2  # autocast keeps most saved activations in bf16
     return bytes_ / 2**30
@@ -406,6 +425,18 @@ def disk(cfg: DictConfig, s: Sizes) -> float:
     sampled, _ = eval_images(cfg)
     pixels = cfg.model.resolution ** 2 * 3
     return (ckpt + 2 * 4 * s.student_params + sampled * pixels * PNG_SHARE) / 2**30
+
+
+def _reference_wall(p: CellPlan, plans: list[CellPlan]) -> float:
+    """The time of the to-run cell this one starts from or is compared with (it runs first)."""
+    from harness.cell import cell_id
+    from harness.method import get_method
+
+    ref = get_method(p.cell.cfg.method.name).reference(p.cell.cfg)
+    if ref is None:
+        return 0.0
+    rid = cell_id(ref)
+    return next((q.wall_s for q in plans if q.cell.id == rid and q.state == "to run"), 0.0)
 
 
 def _si(x: float) -> str:
@@ -435,8 +466,8 @@ def report(plans: list[CellPlan], meta: dict, config: DictConfig, say=print) -> 
         "VAE encodes) + evaluation (images × sampler steps × 2 with CFG × student MACs); time = start-up + work / rate")
     say(f"calibration: {cal.source}")
     unit = "GPU-h" if gpus else "CPU-h"
-    say(f"| cell | state | method | ratio | student MAC/img | training MAC | evaluation MAC | time per cell | {unit} | peak GPU GB | disk GB | overrides |")
-    say("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    say(f"| cell | state | method | ratio | student MAC/img | training MAC | evaluation MAC | GPUs | time per cell | {unit} | peak GPU GB | disk GB | overrides |")
+    say("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     todo = [p for p in plans if p.state == "to run"]
     shared = set.intersection(*(set(p.overrides) for p in plans)) if len(plans) > 1 else set()  # the command line's
     for p in plans:
@@ -447,13 +478,13 @@ def report(plans: list[CellPlan], meta: dict, config: DictConfig, say=print) -> 
         ratio = f"{cfg.pruning.ratio:g}" if get_method(cfg.method.name).prunes else "-"
         peak = f"{p.peak_gb:.1f}" if gpus else "-"
         say(f"| {p.cell.id} | {p.state} | {label} | {ratio} | {_si(s.student_macs)} | {_si(p.train_macs)} | "
-            f"{_si(p.eval_macs)} | {_hours(p.wall_s)} | {hours:.3g} | {peak} | {p.disk_gb:.2f} | {' '.join(o for o in p.overrides if o not in shared)} |")
+            f"{_si(p.eval_macs)} | {p.gpus or '-'} | {_hours(p.wall_s)} | {hours:.3g} | {peak} | {p.disk_gb:.2f} | {' '.join(o for o in p.overrides if o not in shared)} |")
     total_h = sum((p.gpu_h if gpus else p.seconds / 3600) for p in todo)
     parallel = int(launcher.get("array_parallelism") or 1) if gpus else 1
-    longest = max((p.wall_s for p in todo), default=0.0)
+    longest = max((p.wall_s + _reference_wall(p, plans) for p in todo), default=0.0)
     wall = max(longest, sum(p.wall_s for p in todo) / parallel)
     say(f"to run: {len(todo)} cells, {total_h:.3g} {unit}, about {_hours(wall)} of wall time "
-        f"({'at most ' + str(parallel) + ' at once' if gpus else 'one after another'}; longest cell {_hours(longest)})")
+        f"({'at most ' + str(parallel) + ' at once' if gpus else 'one after another'}; longest chain of a cell after its reference {_hours(longest)})")
     timeout = launcher.get("timeout_min")
     if timeout and todo:
         over = [p for p in todo if p.wall_s > timeout * 60]
@@ -478,10 +509,20 @@ def run(cells, config: DictConfig, say=print) -> None:
         busy = records.in_flight(records.load_submissions(out_dir))  # read only: no reconcile
     plans, meta = plan_cells(cells, config, out_dir, busy)
     report(plans, meta, config, say)
+    from harness.validate import missing_inputs
+
+    missing = list(dict.fromkeys(m for cell, _ in cells for m in missing_inputs(cell.cfg)))
+    for line in missing:
+        say(f"missing input (the run would stop here): {line}")
     todo = sum(p.state == "to run" for p in plans)
-    if on_slurm and todo:
+    if on_slurm and todo and not missing:
         from harness.launch.slurm import HarnessSlurmLauncher
 
         params = {k: v for k, v in OmegaConf.to_container(launcher, resolve=True).items() if k != "_target_"}
-        HarnessSlurmLauncher(**params).test_only(todo)
-        say(f"sbatch --test-only: SLURM accepts the array of {todo} cells ({', '.join(f'{k}={launcher.get(k)}' for k in ('partition', 'gpus_per_node', 'cpus_per_gpu', 'mem_per_gpu', 'timeout_min') if launcher.get(k) is not None)})")
+        slurm = HarnessSlurmLauncher(**params)
+        full = int(params.get("gpus_per_node") or 0)
+        for gpus, group in sorted(slurm.gpu_groups([(p.cell,) for p in plans if p.state == "to run"]).items()):
+            slurm.test_only(len(group), None if gpus == full else gpus)
+            asked = {**{k: launcher.get(k) for k in ("partition", "cpus_per_gpu", "mem_per_gpu", "timeout_min")}, "gpus_per_node": gpus}
+            say(f"sbatch --test-only: SLURM accepts the array of {len(group)} cells "
+                f"({', '.join(f'{k}={v}' for k, v in asked.items() if v is not None)})")

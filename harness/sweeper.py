@@ -72,8 +72,9 @@ class HarnessSweeper(Sweeper):
     def compose(self, overrides: list[str]) -> DictConfig:
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
 
-    def plan(self, arguments: list[str]):
-        """Compose and validate every cell; return [(cell, overrides)] without duplicates."""
+    def plan(self, arguments: list[str], inputs: bool = True):
+        """Compose and validate every cell; return [(cell, overrides)] without duplicates.
+        `inputs=False`: check values, not the real-scale files (`--plan`)."""
         from harness.cell import Cell
         from harness.validate import validate
 
@@ -81,7 +82,7 @@ class HarnessSweeper(Sweeper):
         for overrides in self.expand(arguments):
             try:
                 cfg = self.compose(overrides)
-                validate(cfg)
+                validate(cfg, inputs)
             except (ConfigError, MissingInputError) as exc:
                 fail(str(exc))
             except HydraException as exc:
@@ -118,7 +119,9 @@ class HarnessSweeper(Sweeper):
         pending = [(c, o) for c, o in cells if not c.done and c.id not in busy]
         running = [c for c, _ in cells if c.id in busy and not c.done]
         if on_slurm and pending:
-            self.launcher.test_only(len(pending))  # the scheduler's verdict before anything is written
+            full = int(self.launcher.params.get("gpus_per_node") or 0)
+            for gpus, group in sorted(self.launcher.gpu_groups(pending).items()):  # the scheduler's verdict before anything is written
+                self.launcher.test_only(len(group), None if gpus == full else gpus)
         print(f"sweep {sweep_id}: {len(cells)} cells, {sum(c.done for c, _ in cells)} already completed, "
               + (f"{len(running)} queued or running, " if on_slurm else "") + f"{len(pending)} to run", flush=True)
         folder.mkdir(parents=True, exist_ok=True)
@@ -141,9 +144,10 @@ class HarnessSweeper(Sweeper):
         if on_slurm:
             if pending:
                 jobs = [(cell, configs[cell.id]) for cell, _ in pending]
-                sub = self.launcher.submit_cells(jobs, sweep_id, out_dir)
-                jobs = sorted({j.split("_")[0] for j in sub.job_ids.values()})
-                print(f"sweep {sweep_id}: submitted {len(pending)} cells as SLURM job {', '.join(jobs)} ({sub.job_name})", flush=True)
+                subs = self.launcher.submit_cells(jobs, sweep_id, out_dir)
+                jobs = sorted({j.split("_")[0] for sub in subs for j in sub.job_ids.values()})
+                print(f"sweep {sweep_id}: submitted {len(pending)} cells as SLURM job {', '.join(jobs)} "
+                      f"({', '.join(sub.job_name for sub in subs)})", flush=True)
             if not self.launcher.wait:
                 if pending or running:
                     print(f"sweep {sweep_id}: watch with `python -m harness.jobs status {sweep_id} --out-dir {out_dir}`", flush=True)

@@ -13,29 +13,59 @@ from harness.errors import ConfigError, MissingInputError
 from harness.method import get_method
 
 
-def validate(cfg: DictConfig) -> None:
-    """Every key's type and range (harness/schema.py), then what spans keys or files."""
+def validate(cfg: DictConfig, inputs: bool = True) -> None:
+    """Every key's type and range (harness/schema.py), then what spans keys or files.
+    `inputs=False`: the values only, not the real-scale files they point at (SD 2.1, COCO,
+    concept images, metric backbones: `missing_inputs` lists those), as `--plan` checks."""
     method = get_method(cfg.method.name)
     schema.check(cfg)
     if cfg.get("tune") is not None:
         from harness.tune.spec import parse
 
         parse(cfg)
-    _model(cfg)
-    _data(cfg)
+    if inputs:
+        _model(cfg)
+        _data(cfg)
+    elif cfg.model.name != "sd21":
+        _model(cfg)  # the world's weights: part of every cell's identity
     concepts.resolve_set(cfg.data.domain, cfg.concepts.erase, cfg.concepts.retain)
     _recovery_steps(cfg, method)
-    _eval_backbone(cfg)
+    _eval_backbone(cfg, inputs)
     method.validate(cfg)
     _split_over_processes(cfg)
+
+
+def missing_inputs(cfg: DictConfig) -> list[str]:
+    """The one-line messages of every local input the config points at and that is not there."""
+    found = []
+    for check in (_model, _data, _eval_backbone):
+        try:
+            check(cfg)
+        except MissingInputError as exc:
+            found.append(str(exc))
+    return found
+
+
+def split_batches(cfg: DictConfig) -> dict[str, int]:
+    """The batch sizes a data-parallel cell splits over its processes, by key."""
+    keys = ["finetune.batch_size", *get_method(cfg.method.name).batch_keys]
+    return {key: OmegaConf.select(cfg, key) for key in keys}
+
+
+def processes_for(cfg: DictConfig, gpus: int) -> int:
+    """How many of `gpus` (a SLURM cell's GPUs) a cell can use: the most that divide every
+    batch it splits (ESD's batch of 1, as the authors run it, takes one GPU); one for a cell
+    that trains nothing (its evaluation runs on one process)."""
+    if not get_method(cfg.method.name).work(cfg):
+        return 1
+    batches = split_batches(cfg).values()
+    return max(g for g in range(1, max(gpus, 1) + 1) if gpus % g == 0 and all(b % g == 0 for b in batches))
 
 
 def _split_over_processes(cfg: DictConfig) -> None:
     """Under torchrun every batch is split over the data-parallel processes (WORLD_SIZE)."""
     processes = int(os.environ.get("WORLD_SIZE", "1"))
-    keys = ["finetune.batch_size", "eraser.batch_size", *get_method(cfg.method.name).batch_keys]
-    for key in keys:
-        value = OmegaConf.select(cfg, key)
+    for key, value in split_batches(cfg).items():
         if value % processes:
             raise ConfigError(key, value, f"a multiple of {processes}, the number of data-parallel processes")
 
@@ -71,7 +101,7 @@ def _recovery_steps(cfg: DictConfig, method) -> None:
             raise ConfigError("eval.recovery_steps", list(steps), accepted)
 
 
-def _eval_backbone(cfg: DictConfig) -> None:
+def _eval_backbone(cfg: DictConfig, inputs: bool = True) -> None:
     ev = cfg.eval
     if ev.backbone == "world":
         if cfg.data.domain != "world":
@@ -79,7 +109,7 @@ def _eval_backbone(cfg: DictConfig) -> None:
         from harness.metrics.world import world_weights
 
         world_weights(ev.weights, "eval.weights")
-    if ev.backbone == "real":
+    if ev.backbone == "real" and inputs:
         from harness.metrics.real import check
 
         check(ev.real)

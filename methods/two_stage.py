@@ -22,6 +22,7 @@ class TwoStage(Method):
     sections = ("concepts", "eraser")
     order = 30
     continues_reference = True  # stage 1 is its reference cell, the distilled student
+    batch_keys = ("eraser.batch_size",)
 
     @classmethod
     def label(cls, params):

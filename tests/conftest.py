@@ -69,10 +69,19 @@ def order_of_sums_tolerance(*stages: tuple[float, int], fraction: float = 0.05) 
 
 
 def real_scale(overrides) -> bool:
-    """COCO data: asked for, or chosen by a sweep's defaults (sweeps/paper_sd21.yaml)."""
-    sweeps = [o.split("=", 1)[1] for o in overrides if o.startswith("sweep=")]
-    files = [REPO / "sweeps" / f"{s}.yaml" for s in sweeps]
-    return "data=coco" in overrides or any(f.is_file() and "override /data: coco" in f.read_text() for f in files)
+    """COCO data: asked for, or chosen by a sweep's defaults (sweeps/paper_sd21.yaml, or a
+    sweep whose defaults list names such a sweep)."""
+    import yaml
+
+    def coco(sweep: str) -> bool:
+        path = REPO / "sweeps" / f"{sweep}.yaml"
+        if not path.is_file():
+            return False
+        text = path.read_text()
+        named = [d for d in (yaml.safe_load(text) or {}).get("defaults", []) if isinstance(d, str) and d != "_self_"]
+        return "override /data: coco" in text or any(coco(d) for d in named)
+
+    return "data=coco" in overrides or any(coco(o.split("=", 1)[1]) for o in overrides if o.startswith("sweep="))
 
 
 def compose(overrides: list[str] = (), out_dir: Path | None = None):

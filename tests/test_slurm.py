@@ -470,3 +470,28 @@ def test_a_requeued_tuning_worker_finishes_its_own_trial(cluster, tmp_path):
     again = trials[target.number]
     assert again.state == optuna.trial.TrialState.COMPLETE and again.user_attrs["worker"] == target.user_attrs["worker"]
     assert "resumed stage" in (out / "cells" / target.user_attrs["cell"] / "train.log").read_text()
+
+
+def test_a_plan_asks_the_scheduler_for_each_gpu_count(cluster, tmp_path, monkeypatch, capsys):
+    """--plan on SLURM: each cell gets the preset's GPUs, or fewer where its batch does not
+    split over them (ESD's batch of 1: one), and `sbatch --test-only` is asked for each array;
+    a request the cluster cannot meet fails in one line. Nothing is submitted or written."""
+    from harness.app import check
+
+    for key, value in cluster.items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "o"
+    tiny = [a for a in TINY if not a.startswith("eraser.batch_size=")]
+    args = ["-m", "method=distill,two_stage", "eraser.batch_size=1", *ON_SLURM, *tiny, f"out_dir={out}", "--plan"]
+    with pytest.raises(SystemExit) as exit_info:
+        check([*args, "hydra.launcher.gpus_per_node=2"])
+    printed = capsys.readouterr().out
+    assert exit_info.value.code == 0, printed
+    assert "2 cells: 0 done, 0 queued, 2 to run (SLURM, 2 GPU(s) per cell)" in printed
+    assert "sbatch --test-only: SLURM accepts the array of 1 cells (partition=debug, timeout_min=30, gpus_per_node=1)" in printed
+    assert "sbatch --test-only: SLURM accepts the array of 1 cells (partition=debug, timeout_min=30, gpus_per_node=2)" in printed
+    with pytest.raises(SystemExit) as exit_info:
+        check([*args, "hydra.launcher.gpus_per_node=4"])  # the local cluster's node has 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert exit_info.value.code == 2 and len(lines) == 1 and "SLURM rejects the job request" in lines[0] and "gpus_per_node=4" in lines[0]
+    assert not out.exists() and not slurm(cluster, "squeue", "-h").strip()

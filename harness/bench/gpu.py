@@ -27,14 +27,8 @@ PEAK_BF16 = {
     "L4": 121e12, "RTX 4090": 165e12, "RTX A6000": 155e12, "A40": 150e12,
 }
 
-SD21_BASE_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    use_linear_projection=True, norm_num_groups=32, flip_sin_to_cos=True, freq_shift=0,
-)
-SD21_TEXT = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16, max_position_embeddings=77)
+from harness.models.sd21 import SD21_BASE_UNET, SD21_TEXT  # noqa: E402 - SD 2.1's published layout
+
 # The same layout at toy size: how the tests exercise this module on a CPU.
 TOY_UNET = dict(SD21_BASE_UNET, sample_size=8, block_out_channels=(32, 64, 64, 64), attention_head_dim=(2, 2, 4, 4),
                 cross_attention_dim=64, norm_num_groups=8, layers_per_block=1)

@@ -44,10 +44,13 @@ class HarnessSlurmLauncher(SlurmLauncher):
         self.wait, self.freeze_code = wait, freeze_code
 
     # -- the executor: hydra-submitit-launcher's mapping of preset keys to submitit ---------
-    def executor(self, folder: str, name: str = "harness", setup: list[str] = ()):
+    def executor(self, folder: str, name: str = "harness", setup: list[str] = (), gpus: int | None = None):
+        """`gpus`: this array's GPUs per node, when its cells use fewer than the preset's."""
         import submitit
 
         params = dict(self.params)
+        if gpus is not None:
+            params["gpus_per_node"] = gpus
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=params.pop("max_num_timeout"))
         params.pop("submitit_folder")
         params["name"] = name
@@ -61,14 +64,26 @@ class HarnessSlurmLauncher(SlurmLauncher):
             executor.update_parameters(slurm_srun_args=["--kill-on-bad-exit=1"])
         return executor
 
-    def test_only(self, cells: int) -> None:
+    def gpu_groups(self, cells: list) -> dict[int, list]:
+        """[(cell, ...)] by the GPUs each cell's job asks for: the preset's, or fewer where a
+        cell's batch does not split over them (harness.validate.processes_for)."""
+        from harness.validate import processes_for
+
+        gpus = int(self.params.get("gpus_per_node") or 0)
+        groups: dict[int, list] = {}
+        for item in cells:
+            use = processes_for(item[0].cfg, gpus) if gpus > 1 and int(self.params.get("nodes") or 1) == 1 else gpus
+            groups.setdefault(use, []).append(item)
+        return groups
+
+    def test_only(self, cells: int, gpus: int | None = None) -> None:
         """Ask the scheduler whether it would accept the array, without submitting it."""
         from harness.internals import sbatch_script
 
         if shutil.which("sbatch") is None:
             fail("launcher=slurm needs SLURM's sbatch on PATH: run from a login node, or start the local "
                  "cluster (slurm/cluster/start.sh) and source its env.sh")
-        executor = self.executor(str(self.params["submitit_folder"]))
+        executor = self.executor(str(self.params["submitit_folder"]), gpus=gpus)
         script = sbatch_script(executor, "true", tempfile.gettempdir(), cells)
         with tempfile.NamedTemporaryFile("w", suffix=".sbatch") as handle:
             handle.write(script)
@@ -77,12 +92,20 @@ class HarnessSlurmLauncher(SlurmLauncher):
         if checked.returncode != 0:
             reason = (checked.stderr.strip() or checked.stdout.strip()).splitlines()[-1].removeprefix("sbatch: error: ")
             asked = {k: self.params.get(k) for k in ("partition", "gpus_per_node", "mem_gb", "mem_per_gpu", "cpus_per_task", "timeout_min")}
+            if gpus is not None:
+                asked["gpus_per_node"] = gpus
             asked = ", ".join(f"{k}={v}" for k, v in asked.items() if v is not None)
             fail(f"SLURM rejects the job request ({asked}): {reason}")
 
     # -- submission ---------------------------------------------------------------------------
-    def submit_cells(self, cells: list, sweep_id: str, out_dir: Path) -> records.Submission:
-        """Submit [(cell, config dict)] as one job array; returns its record."""
+    def submit_cells(self, cells: list, sweep_id: str, out_dir: Path) -> list[records.Submission]:
+        """Submit [(cell, config dict)] as one job array per GPU count (gpu_groups); returns
+        their records."""
+        groups = self.gpu_groups(cells)
+        full = int(self.params.get("gpus_per_node") or 0)
+        return [self._submit_array(group, sweep_id, out_dir, None if gpus == full else gpus) for gpus, group in sorted(groups.items())]
+
+    def _submit_array(self, cells: list, sweep_id: str, out_dir: Path, gpus: int | None) -> records.Submission:
         setup, code = [], {}
         if self.freeze_code:
             code = freeze(out_dir / "slurm" / "code")
@@ -93,7 +116,7 @@ class HarnessSlurmLauncher(SlurmLauncher):
 
             setup = [*setup, *numerics.shell_exports()]  # kernels pinned before the job's Python starts
         sub = records.Submission.create(out_dir, sweep_id, [c.id for c, _ in cells], code)
-        executor = self.executor(str(self.params["submitit_folder"]), sub.job_name, setup)
+        executor = self.executor(str(self.params["submitit_folder"]), sub.job_name, setup, gpus)
         cwd = os.getcwd()
         try:
             with executor.batch():

@@ -14,6 +14,24 @@ from harness.models.parts import DiffusionParts
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
+# SD 2.1's published layout (stabilityai/stable-diffusion-2-1's config.json files): what the
+# benchmark builds with random weights, and what `--plan` sizes cells by where no local copy is
+SD21_BASE_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    use_linear_projection=True, norm_num_groups=32, flip_sin_to_cos=True, freq_shift=0,
+)
+SD21_TEXT = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16, max_position_embeddings=77)
+SD21_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
+    sample_size=768, scaling_factor=0.18215,
+)
+PUBLISHED_LAYOUT = {"unet": SD21_BASE_UNET, "vae": SD21_VAE,
+                    "text_encoder": dict(SD21_TEXT, vocab_size=49408, hidden_act="gelu", projection_dim=512)}
+
 
 def locate(cfg: DictConfig) -> Path:
     """The directory holding the pipeline's subfolders, or MissingInputError."""
