@@ -27,6 +27,7 @@ The cost model, stated (the plan prints it):
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -127,20 +128,27 @@ def _layout(model: DictConfig) -> dict:
     return OmegaConf.to_container(model, resolve=True)
 
 
-def _measure(cfg: DictConfig, layout: dict, prunes: bool) -> Sizes:
+_TEACHERS: dict[str, tuple] = {}  # the last layout's teacher and its figures: a sweep's ratios prune one teacher
+
+
+def _teacher(cfg: DictConfig, layout: dict) -> tuple:
+    """(teacher UNet, its MACs, its parameters, VAE encode and decode MACs, frozen parameters)."""
     import torch
 
-    from harness.pruning import TRACE_SIZE, count_macs_params, example_inputs, prune_unet
+    from harness.pruning import count_macs_params
 
+    key = json.dumps(layout, sort_keys=True, default=str)
+    if key in _TEACHERS:
+        return _TEACHERS[key]
+    _TEACHERS.clear()
     torch.manual_seed(0)
     if cfg.model.name == "sd21":
         from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel
 
         strip = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731
         teacher = UNet2DConditionModel(**strip(layout["unet"]))
         vae = AutoencoderKL(**strip(layout["vae"]))
-        from transformers import CLIPTextConfig, CLIPTextModel
-
         with torch.device("meta"):  # its size only: nothing allocated
             text_encoder = CLIPTextModel(CLIPTextConfig(**strip(layout["text_encoder"])))
         frozen = sum(p.numel() for p in vae.parameters()) + sum(p.numel() for p in text_encoder.parameters())
@@ -153,10 +161,22 @@ def _measure(cfg: DictConfig, layout: dict, prunes: bool) -> Sizes:
         teacher, encode, decode = parts.unet, 0.0, 0.0
         frozen = sum(p.numel() for p in parts.text_encoder.parameters())
     teacher.requires_grad_(False).eval()
-    size = teacher.config.sample_size
     t_macs, t_params = count_macs_params(teacher)
-    student = prune_unet(teacher, cfg.pruning.ratio, cfg.pruning.importance, 0)[0] if prunes else teacher
-    s_macs, s_params = count_macs_params(student) if prunes else (t_macs, t_params)
+    _TEACHERS[key] = (teacher, t_macs, t_params, encode, decode, frozen)
+    return _TEACHERS[key]
+
+
+def _measure(cfg: DictConfig, layout: dict, prunes: bool) -> Sizes:
+    import torch
+
+    from harness.pruning import TRACE_SIZE, count_macs_params, example_inputs, prune_unet
+
+    teacher, t_macs, t_params, encode, decode, frozen = _teacher(cfg, layout)
+    if not prunes:  # the teacher cell trains nothing: no backward, no activations kept
+        return Sizes(float(t_macs), float(t_macs), int(t_params), int(t_params), float(encode), float(decode), int(frozen))
+    size = teacher.config.sample_size
+    student = prune_unet(teacher, cfg.pruning.ratio, cfg.pruning.importance, 0)[0]
+    s_macs, s_params = count_macs_params(student)
     backward = _backward_shares(student, min(TRACE_SIZE, size))
     # activations: what autograd keeps for the backward of one image at the trace size
     saved, seen = [0], {p.untyped_storage().data_ptr() for p in student.parameters()}  # weights are not activations
@@ -173,6 +193,8 @@ def _measure(cfg: DictConfig, layout: dict, prunes: bool) -> Sizes:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = student(**example_inputs(student, batch=1, size=trace)).sample
     out.sum().backward()
+    del student, out
+    gc.collect()  # diffusers' modules hold reference cycles: free this student before the next ratio's
     return Sizes(float(s_macs), float(t_macs), int(s_params), int(t_params), float(encode), float(decode), int(frozen),
                  saved[0] * (size / trace) ** 2, backward)
 
