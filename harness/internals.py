@@ -11,7 +11,9 @@ loudly, and nothing else:
   `hydra_plugins` namespace, so a class is aliased into a module made there;
 - the sbatch script submitit would submit (to `sbatch --test-only` it before submitting);
 - (Optuna) a live handle on a RUNNING trial a requeued worker started before: Optuna's public
-  API gives the trial's number, its constructor wants the storage's trial id."""
+  API gives the trial's number, its constructor wants the storage's trial id;
+- (clean-fid) its legacy_pytorch Inception with the weights read weights-only: clean-fid
+  fetches them through torch.hub, which unpickles with weights_only=False."""
 
 from __future__ import annotations
 
@@ -63,3 +65,21 @@ def sbatch_script(executor, command: str, folder: str, array: int) -> str:
     from submitit.slurm.slurm import _make_sbatch_string
 
     return _make_sbatch_string(command=command, folder=folder, map_count=array, **executor._executor.parameters)
+
+
+def legacy_inception(path: Path, device):
+    """clean-fid's `legacy_pytorch` feature extractor, its pytorch-fid Inception weights read
+    from `path` by `harness.metrics.backbones.load_checkpoint_safely` (no code in the file
+    runs) instead of by torch.hub's unpickler."""
+    import cleanfid.inception_pytorch as fid_inception
+    from cleanfid.features import build_feature_extractor
+
+    from harness.metrics.backbones import load_checkpoint_safely
+
+    state = load_checkpoint_safely(path)
+    original = fid_inception.load_state_dict_from_url
+    fid_inception.load_state_dict_from_url = lambda *args, **kwargs: state
+    try:
+        return build_feature_extractor("legacy_pytorch", device, use_dataparallel=False)
+    finally:
+        fid_inception.load_state_dict_from_url = original

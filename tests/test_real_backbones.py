@@ -96,6 +96,22 @@ def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path
     assert not (tmp_path / "PWNED").exists()
 
 
+def test_inception_weights_that_would_run_code_are_refused_without_running_them(tmp_path, monkeypatch):
+    """clean-fid reads its legacy_pytorch Inception through torch.hub, which unpickles with
+    weights_only=False: the harness reads the file weights-only instead."""
+    from harness.metrics.backbones import PYTORCH_FID_WEIGHTS, inception
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    path = tmp_path / "torch" / "hub" / "checkpoints" / PYTORCH_FID_WEIGHTS
+    path.parent.mkdir(parents=True)
+    torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(1), "x": _Payload()}, path)
+    with pytest.raises(MissingInputError, match="not loaded: it holds objects other than tensors") as info:
+        inception("legacy_pytorch", torch.device("cpu"))
+    assert len(str(info.value).splitlines()) == 1
+    assert not (tmp_path / "PWNED").exists()
+
+
 def test_not_a_csd_checkpoint_is_named(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"weight": torch.zeros(2)}, path)

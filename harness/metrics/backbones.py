@@ -56,9 +56,9 @@ def inception(mode: str, device: torch.device):
         _owned_by_us(path)
         model = InceptionV3W(str(path.parent), download=False, resize_inside=False).to(device).eval()
         return lambda x: model(x)
-    from cleanfid.features import build_feature_extractor
+    from harness.internals import legacy_inception
 
-    return build_feature_extractor(mode, device, use_dataparallel=False)
+    return legacy_inception(path, device)  # weights-only: torch.hub would unpickle the file
 
 
 class ClipEmbedder:
