@@ -53,6 +53,27 @@ def test_fid_agrees_with_an_independent_frechet_computation():
     assert abs(ours - theirs) / theirs < 1e-3
 
 
+def test_fid_agrees_with_clean_fid_and_its_low_rank_form_with_the_full_one():
+    """Our Fréchet distance against clean-fid's (scipy's sqrtm of Σ₁Σ₂) where Σ₁ has full rank;
+    with fewer images than dimensions (Inception's 2048 features, a few images), the
+    n-dimensional form against the d-dimensional one, exact in both."""
+    from cleanfid.fid import frechet_distance as clean_fid_distance
+
+    from harness.metrics.distribution import frechet_distance
+
+    gen = RNG.normal(loc=0.2, scale=1.3, size=(500, 64))
+    mu2, sigma2 = RNG.normal(scale=0.1, size=64), np.cov(RNG.normal(size=(700, 64)), rowvar=False)
+    theirs = clean_fid_distance(gen.mean(0), np.cov(gen, rowvar=False), mu2, sigma2)
+    assert frechet_distance(gen, mu2, sigma2) == pytest.approx(theirs, rel=1e-7)  # sqrtm of the non-symmetric product: ~1e-8 off
+    few = gen[:12]  # rank 11 of 64
+    low, full = frechet_distance(few, mu2, sigma2), frechet_distance(few, mu2, sigma2, low_rank=False)
+    assert frechet_distance(few, mu2, sigma2, low_rank=True) == low
+    # the d-dimensional form takes square roots of Σ₁'s zero eigenvalues as rounding leaves
+    # them (~ε‖Σ₁‖): √ε ≈ 1.5e-8 relative, the precision the exact low-rank form does not lose
+    assert low == pytest.approx(full, rel=1e-6) and low > 0
+    assert np.isnan(frechet_distance(gen[:1], mu2, sigma2))
+
+
 def test_fid_accepts_precomputed_reference_stats():
     other = RNG.normal(loc=0.3, size=(300, 16))
     stats = (REF.mean(0), np.cov(REF, rowvar=False))

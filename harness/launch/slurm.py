@@ -44,13 +44,17 @@ class HarnessSlurmLauncher(SlurmLauncher):
         self.wait, self.freeze_code = wait, freeze_code
 
     # -- the executor: hydra-submitit-launcher's mapping of preset keys to submitit ---------
-    def executor(self, folder: str, name: str = "harness", setup: list[str] = (), gpus: int | None = None):
-        """`gpus`: this array's GPUs per node, when its cells use fewer than the preset's."""
+    def executor(self, folder: str, name: str = "harness", setup: list[str] = (), gpus: int | None = None,
+                 dependency: str | None = None):
+        """`gpus`: this array's GPUs per node, when its cells use fewer than the preset's;
+        `dependency`: sbatch's --dependency for it."""
         import submitit
 
         params = dict(self.params)
         if gpus is not None:
             params["gpus_per_node"] = gpus
+        if dependency:
+            params["additional_parameters"] = {**(params.get("additional_parameters") or {}), "dependency": dependency}
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=params.pop("max_num_timeout"))
         params.pop("submitit_folder")
         params["name"] = name
@@ -99,13 +103,32 @@ class HarnessSlurmLauncher(SlurmLauncher):
 
     # -- submission ---------------------------------------------------------------------------
     def submit_cells(self, cells: list, sweep_id: str, out_dir: Path) -> list[records.Submission]:
-        """Submit [(cell, config dict)] as one job array per GPU count (gpu_groups); returns
-        their records."""
-        groups = self.gpu_groups(cells)
-        full = int(self.params.get("gpus_per_node") or 0)
-        return [self._submit_array(group, sweep_id, out_dir, None if gpus == full else gpus) for gpus, group in sorted(groups.items())]
+        """Submit [(cell, config dict)] as job arrays, one per GPU count (gpu_groups); returns
+        their records. A cell that starts from or is compared with another cell being submitted
+        (its method's `reference`: two-stage's and bilevel's distill cell) goes in an array that
+        waits for the references' arrays to end (--dependency=afterany): otherwise its job would
+        train the reference itself, on its own GPUs, while the reference's job waited."""
+        from harness.cell import cell_id
+        from harness.method import get_method
 
-    def _submit_array(self, cells: list, sweep_id: str, out_dir: Path, gpus: int | None) -> records.Submission:
+        submitting = {cell.id for cell, _ in cells}
+
+        def waits(cell) -> bool:
+            ref = get_method(cell.cfg.method.name).reference(cell.cfg)
+            return ref is not None and cell_id(ref) in submitting
+
+        full = int(self.params.get("gpus_per_node") or 0)
+        subs: list[records.Submission] = []
+        for later in (False, True):
+            group = [item for item in cells if waits(item[0]) == later]
+            first = sorted({job.split("_")[0] for sub in subs for job in sub.job_ids.values()})
+            dependency = f"afterany:{':'.join(first)}" if later and first else None
+            for gpus, part in sorted(self.gpu_groups(group).items()):
+                subs.append(self._submit_array(part, sweep_id, out_dir, None if gpus == full else gpus, dependency))
+        return subs
+
+    def _submit_array(self, cells: list, sweep_id: str, out_dir: Path, gpus: int | None,
+                      dependency: str | None = None) -> records.Submission:
         setup, code = [], {}
         if self.freeze_code:
             code = freeze(out_dir / "slurm" / "code")
@@ -116,7 +139,7 @@ class HarnessSlurmLauncher(SlurmLauncher):
 
             setup = [*setup, *numerics.shell_exports()]  # kernels pinned before the job's Python starts
         sub = records.Submission.create(out_dir, sweep_id, [c.id for c, _ in cells], code)
-        executor = self.executor(str(self.params["submitit_folder"]), sub.job_name, setup, gpus)
+        executor = self.executor(str(self.params["submitit_folder"]), sub.job_name, setup, gpus, dependency)
         cwd = os.getcwd()
         try:
             with executor.batch():

@@ -50,7 +50,7 @@ def proportion_se(hits) -> float:
 
 
 def fid_se(gen: np.ndarray, ref, g: int = GROUPS, seed: int = 0) -> float:
-    from cleanfid.fid import frechet_distance
+    from harness.metrics.distribution import frechet_distance
 
     gen = np.asarray(gen, dtype=np.float64)
     mu2, sigma2 = ref if isinstance(ref, tuple) else frechet_stats(ref)
@@ -59,7 +59,7 @@ def fid_se(gen: np.ndarray, ref, g: int = GROUPS, seed: int = 0) -> float:
     for part in groups(len(gen), g, seed):
         keep[:] = True
         keep[part] = False
-        values.append(frechet_distance(*frechet_stats(gen[keep]), mu2, sigma2))
+        values.append(frechet_distance(gen[keep], mu2, sigma2))
     return jackknife_se(values)
 
 
