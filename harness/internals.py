@@ -67,16 +67,12 @@ def sbatch_script(executor, command: str, folder: str, array: int) -> str:
     return _make_sbatch_string(command=command, folder=folder, map_count=array, **executor._executor.parameters)
 
 
-def legacy_inception(path: Path, device):
-    """clean-fid's `legacy_pytorch` feature extractor, its pytorch-fid Inception weights read
-    from `path` by `harness.metrics.backbones.load_checkpoint_safely` (no code in the file
-    runs) instead of by torch.hub's unpickler."""
+def legacy_inception(state: dict, device):
+    """clean-fid's `legacy_pytorch` feature extractor with the pytorch-fid Inception weights
+    `state` (read weights-only by the caller) in place of those torch.hub would unpickle."""
     import cleanfid.inception_pytorch as fid_inception
     from cleanfid.features import build_feature_extractor
 
-    from harness.metrics.backbones import load_checkpoint_safely
-
-    state = load_checkpoint_safely(path)
     original = fid_inception.load_state_dict_from_url
     fid_inception.load_state_dict_from_url = lambda *args, **kwargs: state
     try:

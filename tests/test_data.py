@@ -19,7 +19,7 @@ from harness.data.streams import BatchStream
 from harness.data.world import concept_set, finetune_set, heldout_set
 from harness.errors import ConfigError, MissingInputError
 from harness.world import STYLES, Scene, render
-from tests.conftest import compose
+from tests.conftest import compose, write_coco
 
 ART = DOMAINS["art"]
 
@@ -32,20 +32,9 @@ def _png(colour, size=(40, 30)) -> bytes:
 
 @pytest.fixture
 def coco(tmp_path):
-    root = tmp_path / "coco"
-    for split, n in (("train", 3), ("val", 2)):
-        (root / "images" / f"{split}2017").mkdir(parents=True)
-        images, anns = [], []
-        for i in range(n):
-            name = f"{i:012d}.jpg"
-            # the authors' README names files COCO_<split>2017_<id>.jpg: both layouts load
-            stored = f"COCO_{split}2017_{name}" if i == 0 else name
-            Image.new("RGB", (48, 32), (10 * i, 100, 200)).save(root / "images" / f"{split}2017" / stored)
-            images.append({"id": i, "file_name": name})
-            anns += [{"image_id": i, "caption": f"photo {i} a"}, {"image_id": i, "caption": f"photo {i} b"}]
-        (root / "annotations").mkdir(exist_ok=True)
-        (root / "annotations" / f"captions_{split}2017.json").write_text(json.dumps({"images": images, "annotations": anns}))
-    return root
+    # the authors' README names files COCO_<split>2017_<id>.jpg: both layouts load
+    return write_coco(tmp_path / "coco", {"train": 3, "val": 2}, lambda split, i: Image.new("RGB", (48, 32), (10 * i, 100, 200)),
+                      authors_names=True)
 
 
 def test_world_finetune_set_has_no_style_and_concept_set_only_styles():

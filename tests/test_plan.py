@@ -36,7 +36,7 @@ def test_a_methods_declared_work_is_what_torch_counts(context_for, overrides):
         for name in stage.updates(step):
             updates[name] = updates.get(name, 0) + 1
     counted = sum(n * step_flops(stage, name, torch.device("cpu"), [torch.Generator().manual_seed(7)]) for name, n in updates.items())
-    from harness.plan import _backward_shares
+    from harness.model_sizes import _backward_shares
 
     report = ctx.prune_report
     sizes = Sizes(report.macs_after, report.macs_before, report.params_after, report.params_before,
@@ -76,7 +76,7 @@ def test_the_plan_predicts_the_smoke_cells_within_30_percent(smoke_sweep, tmp_pa
         check(["-m", *args, "--plan"])
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
-    assert f"plan: smoke, 6 cells: 2 done, 0 queued, 4 to run" in printed and "calibration: 2 finished cell(s)" in printed
+    assert "plan: smoke, 6 cells: 2 done, 0 queued, 4 to run" in printed and "calibration: 2 finished cell(s)" in printed
     assert all(p.cell.id in printed for p in plans)
     assert sorted(str(f.relative_to(fresh)) for f in fresh.rglob("*")) == before
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, SMALL, SMALL_WORLD, compose, order_of_sums_tolerance, run_cli
+from tests.conftest import REPO, SMALL, SMALL_WORLD, compose, order_of_sums_tolerance, run_cli, write_coco
 
 TINY = [*SMALL_WORLD, *SMALL, "pruning.ratio=0.3"]
 ON_SLURM = ["launcher=slurm_local"]
@@ -103,12 +103,20 @@ def test_sweep_runs_as_a_job_array_and_matches_a_local_run(cluster, tmp_path):
     runs = [r for r in mlflow.search_runs(experiment_names=["harness"], output_format="list") if "harness.cell_id" in r.data.tags]
     job_ids = {r.data.tags["harness.cell_id"]: r.data.tags["slurm.job_id"] for r in runs}
     assert set(job_ids) == set(here)
-    arrays = {j.split("_")[0] for j in job_ids.values()}
-    assert len(arrays) == 1, job_ids  # one array for the sweep
-    states = sacct_states(cluster, arrays.pop())
-    assert {states[j] for j in job_ids.values()} == {"COMPLETED"}, states
-    (sub,) = submissions(tmp_path / "slurm")
-    assert sub["state"] == "submitted" and sub["job_ids"] == job_ids
+    # two arrays: the distill cell's, and the two-stage cell's, which starts from it and waits
+    # for it (--dependency=afterany) rather than training it in its own job
+    distill, two_stage = sweep_cells(tmp_path / "slurm")
+    subs = submissions(tmp_path / "slurm")
+    assert [s["cells"] for s in subs] == [[distill], [two_stage]] and all(s["state"] == "submitted" for s in subs)
+    assert {**subs[0]["job_ids"], **subs[1]["job_ids"]} == job_ids
+    times = {}
+    for cell, job in job_ids.items():
+        out = slurm(cluster, "sacct", "-n", "-X", "-P", "-j", job.split("_")[0], "-o", "JobID,State,Start,End")
+        (row,) = [line.split("|") for line in out.split("\n") if line.startswith(job + "|")]
+        assert row[1] == "COMPLETED", row
+        times[cell] = row[2:]
+    assert times[two_stage][0] >= times[distill][1], times  # ISO times: it started after the distill job ended
+    sub = subs[0]
 
     # the jobs ran the frozen copy of the code, and know its commit
     env = json.loads((tmp_path / "slurm" / "cells" / sub["cells"][0] / "environment.json").read_text())
@@ -147,13 +155,13 @@ def test_a_failing_cell_fails_alone_and_retry_resubmits_only_it(cluster, tmp_pat
     failed = tmp_path / "cells" / two_stage
     assert (failed / "FAILED").exists() and "Traceback" in (failed / "train.log").read_text()
     assert "FAILED" in first.stderr and two_stage in first.stderr
-    (sub,) = submissions(tmp_path)
-    job = sub["job_ids"][two_stage]
+    assert [s["cells"] for s in submissions(tmp_path)] == [[distill], [two_stage]]  # it waited for the distill array
+    job = submissions(tmp_path)[1]["job_ids"][two_stage]
     wait_until(lambda: sacct_states(cluster, job).get(job) == "FAILED", 20, "sacct FAILED")
 
     retry = jobs_cli(cluster, tmp_path, "retry")
     assert "2 cells, 1 already completed, 0 queued or running, 1 to run" in retry.stdout, retry.stdout + retry.stderr
-    assert [s["cells"] for s in submissions(tmp_path)] == [[distill, two_stage], [two_stage]]
+    assert [s["cells"] for s in submissions(tmp_path)] == [[distill], [two_stage], [two_stage]]
     assert len(attempts(failed)) == 2
 
 
@@ -163,7 +171,9 @@ def test_status_tail_and_cancel_a_detached_sweep(cluster, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "submitted 2 cells as SLURM job" in run.stdout and "python -m harness.jobs status" in run.stdout
     distill, bilevel = sweep_cells(tmp_path)
-    (sub,) = submissions(tmp_path)
+    first, then = submissions(tmp_path)  # bilevel is compared with the distill cell: its array waits for it
+    assert (first["cells"], then["cells"]) == ([distill], [bilevel])
+    sub = {**first, "job_ids": {**first["job_ids"], **then["job_ids"]}}
     try:
         check_status_tail_cancel(cluster, tmp_path, sub, distill, bilevel)
     finally:  # long jobs: never leave them running
@@ -184,13 +194,13 @@ def check_status_tail_cancel(cluster, tmp_path, sub, distill, bilevel):
     cancel_one = jobs_cli(cluster, tmp_path, "cancel", distill[:6])
     assert "cancelled 1 job(s)" in cancel_one.stdout, cancel_one.stdout + cancel_one.stderr
     first, second = sub["job_ids"][distill], sub["job_ids"][bilevel]
-    array = first.split("_")[0]
-    wait_until(lambda: sacct_states(cluster, array).get(first) == "CANCELLED", 30, "the cell's job cancelled")
-    assert sacct_states(cluster, array).get(second) in ("RUNNING", "PENDING")
+    state = lambda job: sacct_states(cluster, job.split("_")[0]).get(job)  # noqa: E731
+    wait_until(lambda: state(first) == "CANCELLED", 30, "the cell's job cancelled")
+    assert state(second) in ("RUNNING", "PENDING")  # afterany: a cancelled reference releases it
 
     cancel_all = jobs_cli(cluster, tmp_path, "cancel", sub["sweep_id"])
     assert "cancelled 1 job(s)" in cancel_all.stdout, cancel_all.stdout + cancel_all.stderr
-    wait_until(lambda: set(sacct_states(cluster, array).values()) == {"CANCELLED"}, 30, "the sweep cancelled")
+    wait_until(lambda: state(first) == state(second) == "CANCELLED", 30, "the sweep cancelled")
     final = jobs_cli(cluster, tmp_path, "status")
     assert "2 cells: 2 cancelled" in final.stdout, final.stdout
     assert not (tmp_path / "cells" / distill / "FAILED").exists()  # cancelled, not failed: retry reruns it
@@ -481,6 +491,7 @@ def test_a_plan_asks_the_scheduler_for_each_gpu_count(cluster, tmp_path, monkeyp
     for key, value in cluster.items():
         monkeypatch.setenv(key, value)
     out = tmp_path / "o"
+    queued = slurm(cluster, "squeue", "-h", "-o", "%i")
     tiny = [a for a in TINY if not a.startswith("eraser.batch_size=")]
     args = ["-m", "method=distill,two_stage", "eraser.batch_size=1", *ON_SLURM, *tiny, f"out_dir={out}", "--plan"]
     with pytest.raises(SystemExit) as exit_info:
@@ -494,7 +505,7 @@ def test_a_plan_asks_the_scheduler_for_each_gpu_count(cluster, tmp_path, monkeyp
         check([*args, "hydra.launcher.gpus_per_node=4"])  # the local cluster's node has 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert exit_info.value.code == 2 and len(lines) == 1 and "SLURM rejects the job request" in lines[0] and "gpus_per_node=4" in lines[0]
-    assert not out.exists() and not slurm(cluster, "squeue", "-h").strip()
+    assert not out.exists() and set(slurm(cluster, "squeue", "-h", "-o", "%i").split()) <= set(queued.split())  # nothing submitted
 
 
 @pytest.fixture(scope="module")
@@ -529,17 +540,7 @@ def real_scale_inputs(root, clip_dir, csd_path, torch_home, monkeypatch) -> list
     from harness.metrics.prepare import main as prepare
 
     rng = np.random.default_rng(0)
-    coco = root / "coco"
-    for split, n in (("train", 6), ("val", 6)):
-        (coco / "images" / f"{split}2017").mkdir(parents=True)
-        images, anns = [], []
-        for i in range(n):
-            name = f"{i:012d}.jpg"
-            Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(coco / "images" / f"{split}2017" / name)
-            images.append({"id": i, "file_name": name})
-            anns += [{"image_id": i, "caption": f"a photo of thing {i}"}, {"image_id": i, "caption": f"another view {i}"}]
-        (coco / "annotations").mkdir(exist_ok=True)
-        (coco / "annotations" / f"captions_{split}2017.json").write_text(json.dumps({"images": images, "annotations": anns}))
+    coco = write_coco(root / "coco", {"train": 6, "val": 6}, lambda split, i: Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)))
     concepts = root / "artists"
     for artist in ("van_gogh", "monet", "picasso"):
         (concepts / artist).mkdir(parents=True)

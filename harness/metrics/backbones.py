@@ -58,7 +58,7 @@ def inception(mode: str, device: torch.device):
         return lambda x: model(x)
     from harness.internals import legacy_inception
 
-    return legacy_inception(path, device)  # weights-only: torch.hub would unpickle the file
+    return legacy_inception(load_checkpoint_safely(path), device)  # weights-only: torch.hub would unpickle the file
 
 
 class ClipEmbedder:
