@@ -13,7 +13,7 @@ loudly, and nothing else:
 - (Optuna) a live handle on a RUNNING trial a requeued worker started before: Optuna's public
   API gives the trial's number, its constructor wants the storage's trial id;
 - (clean-fid) its legacy_pytorch Inception with the weights read weights-only: clean-fid
-  fetches them through torch.hub, which unpickles with weights_only=False."""
+  fetches them through torch.hub, whose loader unpickles without the weights-only guard."""
 
 from __future__ import annotations
 
