@@ -24,13 +24,13 @@ smoke: setup
 
 test: setup
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }  # the MLflow UI test
-	@# one pytest worker per core, a test module per worker (module fixtures, such as the local SLURM
-	@# cluster on its fixed port, stay in one process); each worker one thread: two workers with torch's
+	@# one pytest worker per core, a test module per worker (module fixtures stay in one process),
+	@# the longest modules first (tests/conftest.py: LONGEST_FIRST); each worker one thread: two workers with torch's
 	@# default of every core spin against each other (a tiny bilevel step took 8.8 s instead of 0.3 s);
 	@# the cells a test starts with 2 threads of their own (reproducible mode, SLURM jobs) wait for
 	@# work asleep, not spinning (OMP_WAIT_POLICY=PASSIVE: a 2-thread conv step beside a busy core
 	@# took 14 ms instead of 105-209 ms); the wait policy changes no arithmetic
-	$(TEST_ENV) $(VENV)/bin/python -m pytest -n auto --dist loadfile
+	$(TEST_ENV) $(VENV)/bin/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 	@# the numerics-sensitive tests again with torch, MKL and oneDNN pinned to AVX2 kernels (harness/numerics.py):
 	@# tolerances must hold under both kernel sets, whichever this CPU runs by default
 	$(TEST_ENV) $(PINNED) $(VENV)/bin/python -m pytest -m numerics -p no:cacheprovider -n auto --dist loadfile

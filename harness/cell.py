@@ -54,6 +54,9 @@ def semantic_config(cfg: DictConfig) -> dict:
     semantic["method"] = {k: v for k, v in resolved["method"].items() if k in method_keys(cfg.method.name)}
     if not (semantic.get("eval") or {}).get("recovery_steps"):
         semantic["eval"].pop("recovery_steps", None)  # off: the ids of cells from before it existed hold
+    # robustness probes are run on a cell's finished student and added to its results
+    # (runner.add_robustness): they never make another cell
+    (semantic.get("eval") or {}).pop("robustness", None)
     semantic["weights"] = weight_checksums(cfg)
     return semantic
 

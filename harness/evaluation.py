@@ -148,6 +148,12 @@ def evaluate(ctx, model) -> tuple[dict, dict]:
         more, more_info = image_metrics(ctx, model, backbones, concepts, reference)
         metrics.update(more)
         info.update(more_info)
+        from harness import robustness
+
+        if robustness.wanted(ctx.cfg):  # adversarial prompts, relearning, neighbours (harness/robustness)
+            more, more_info = robustness.probe(ctx, model, backbones)
+            metrics.update(more)
+            info.update(more_info)
         if not method.prunes:  # the teacher's cell also measures the floor: real renders as the "generated" images
             from harness.image_eval import render_floor
 

@@ -44,7 +44,8 @@ def seeds_for(ev, n: int, offset: int = 0, training_seed: int = 0) -> list[int]:
     return [ev.seed * 100_003 + training_seed * 1_000_003 + offset + i for i in range(n)]
 
 
-def _prompts(ctx, concept, n: int) -> list[str]:
+def evaluation_prompts(ctx, concept, n: int) -> list[str]:
+    """The first `n` prompts of `concept`'s evaluation set (None: the neutral held-out prompts)."""
     data = ctx.data
     dataset = data.evaluation_set(concept, n) if data.evaluation_set else (data.heldout_neutral if concept is None else data.heldout_concept(concept))
     return [dataset[i]["caption"] for i in range(min(n, len(dataset)))]
@@ -57,7 +58,7 @@ def image_metrics(ctx, model, backbones, concepts, reference: Path | None, root:
     `backbones`: WorldBackbones or RealBackbones (the same interface, harness/metrics)."""
     ev, names, seed = ctx.cfg.eval, backbones.names, int(ctx.cfg.seed)
     root = root or ctx.folder / "images"
-    prompts = _prompts(ctx, None, ev.neutral_prompts)
+    prompts = evaluation_prompts(ctx, None, ev.neutral_prompts)
     n = len(prompts)
     gen = generate(ctx, model, root / "neutral", prompts, seeds_for(ev, n, training_seed=seed))
     real = backbones.reference(ctx.data.reference_set(ev.reference_images) if ctx.data.reference_set else None)
@@ -82,7 +83,7 @@ def image_metrics(ctx, model, backbones, concepts, reference: Path | None, root:
                        f"a {U.GROUPS}-group jackknife for FID and CMMD"},
     }
     for concept in concepts:
-        prompts = _prompts(ctx, concept, ev.concept_prompts)
+        prompts = evaluation_prompts(ctx, concept, ev.concept_prompts)
         k = len(prompts)
         folder = root / f"concept_{concept.name}"
         seeds = seeds_for(ev, k, offset=50_000, training_seed=seed)

@@ -72,7 +72,8 @@ class CellPlan:
 def eval_images(cfg: DictConfig) -> tuple[int, int]:
     """(images sampled, images forwarded for model-level metrics) by a cell's evaluation
     (harness/evaluation.py): neutral + per-concept sets, the grid, each recovery step's neutral
-    set; held-out MSE of student and teacher, guidance alignment per concept."""
+    set; held-out MSE of student and teacher, guidance alignment per concept; the robustness
+    probes where they are on."""
     from harness import concepts as registry
     from harness.method import get_method
 
@@ -90,7 +91,10 @@ def eval_images(cfg: DictConfig) -> tuple[int, int]:
         images += ev.neutral_prompts + ev.concept_prompts * n_concepts + len(ev.recovery_steps or []) * ev.neutral_prompts
     heldout = cfg.data.heldout_size
     forwards = heldout * 2 + n_concepts * heldout * 4 + len(ev.recovery_steps or []) * heldout
-    return images, forwards
+    from harness import robustness
+
+    probe_images, probe_forwards = robustness.work(cfg)  # eval.robustness: attacks, relearning, neighbours
+    return images + probe_images, forwards + probe_forwards
 
 
 def cell_work(cfg: DictConfig, s: Sizes) -> tuple[float, float, list]:

@@ -82,7 +82,7 @@ def run_cell(cfg: DictConfig, tracker: Tracker | None = None, observer=None, val
         return None
     if cell.done:
         distributed.decide(False)
-        return cell.results()
+        return add_robustness(cfg, cell, tracker)
     tracker = tracker or Tracker(cfg)
     with cell.lock():
         if cell.done:  # finished by another process while we waited
@@ -91,6 +91,44 @@ def run_cell(cfg: DictConfig, tracker: Tracker | None = None, observer=None, val
         distributed.decide(True)
         results = _run_locked(cfg, cell, tracker, observer)
     distributed.barrier()  # the other ranks may now read the finished cell (e.g. its student)
+    return results
+
+
+def add_robustness(cfg: DictConfig, cell: Cell, tracker: Tracker | None = None) -> dict:
+    """A completed cell's results, with the robustness probes (harness/robustness) added when
+    they are asked for and its results lack them (or hold them at another budget): run on its
+    saved student, without training, then logged to its MLflow run. The probes never make a
+    new cell: turning them on for a finished sweep probes its cells."""
+    from harness import robustness
+
+    results = cell.results()
+    if not robustness.wanted(cfg) or (results.get("robustness") or {}).get("budget") == robustness.budget(cfg):
+        return results
+    with cell.lock(), cell_log(cell):
+        results = cell.results()
+        if (results.get("robustness") or {}).get("budget") == robustness.budget(cfg):
+            return results  # probed by another process while we waited
+        log.info("cell %s: robustness probes on its finished student", cell.id)
+        numerics.apply(cfg.runtime)
+        torch.manual_seed(cfg.seed)
+        ctx = build_context(cfg, cell.dir, lambda dep: Cell(dep).dir)  # no training: references are done
+        ctx.load_student(cell.dir)
+        from harness.evaluation import metric_backbones
+
+        t0 = time.perf_counter()
+        metrics, info = robustness.probe(ctx, ctx.student, metric_backbones(cfg.eval, ctx.device))
+        kept = {k: v for k, v in results["metrics"].items() if not robustness.is_robustness_metric(k)}
+        results["metrics"] = {**kept, **metrics}
+        results["metric_info"] = {**results.get("metric_info", {}), **info}
+        results["robustness"] = {"budget": robustness.budget(cfg), "seconds": time.perf_counter() - t0, "added_at": _now()}
+        write_atomic(cell.path("results.json"), json.dumps(results, indent=1, default=str))
+        cell.append_metrics({"time": time.time(), "stage": "robustness", "step": 0, "values": metrics})
+        tracker = tracker or Tracker(cfg)
+        run = CellRun(tracker, cell, cfg.tracking.get("parent_run_id"), cfg.tracking.flush_every_s)
+        if run_id := run.state.get("run_id"):  # a tracker that is down: backfill sends the line later
+            run.flush(force=True, final=True)
+            for name in ("results.json", "robustness.json"):
+                tracker.log_artifact(run_id, cell.path(name))
     return results
 
 
@@ -218,6 +256,8 @@ def _train_and_evaluate_measured(cfg: DictConfig, cell: Cell, run: CellRun, trac
         "timings": {**timings, "eval_seconds": time.perf_counter() - t_eval, "total_seconds": time.perf_counter() - t_start,
                     "eval_cpu_seconds": time.process_time() - cpu_eval, "total_cpu_seconds": time.process_time() - cpu_start},
         "finished_at": _now(),
+        # the robustness probes' budget, when they ran (a rerun at another budget probes again)
+        **({"robustness": {k: metric_info["robustness"][k] for k in ("budget", "seconds")}} if "robustness" in metric_info else {}),
         # what decides the numbers beyond the config (harness/numerics.py): tables never
         # average cells of different kernel sets silently
         "kernel_set": numerics.kernel_set(numerics.describe(), ctx.device.type),

@@ -51,19 +51,21 @@ def sample(
     stop_after: int | None = None,
     seeds: list[int] | None = None,
     kind: str = "ddim",
+    cond: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the sampler (`kind`: ddim | pndm) for `stop_after` of `steps` steps (all when None).
 
     The initial noise comes from `generator`, or, with `seeds`, image i's noise from its own
     seed: DDIM is deterministic, so an image is then a function of (model, prompt, seed) alone
     and images of two models pair up by prompt and seed (PNDM too: its multistep history
-    starts afresh in every call).
+    starts afresh in every call). `cond`: the prompts' text conditioning when it is not their
+    plain encoding (an adversarial prefix, harness/robustness); `prompts` then only count images.
 
     Returns (x, t): the UNet-space sample and the timestep it is at (the final images when the
     sampler ran to the end: decode with `parts.decode`)."""
     sampler = make_sampler(parts, steps, kind)
     device = parts.device
-    cond = parts.encode_prompts(list(prompts))
+    cond = parts.encode_prompts(list(prompts)) if cond is None else cond
     uncond = parts.encode_prompts([""] * len(prompts))
     if seeds is None:
         shape = parts.latent_shape(1)[1:]

@@ -256,6 +256,21 @@ ROOT: dict = {
         "reference_images": positive_int(),
         "concept_prompts": positive_int(),
         "recovery_steps": ListOf(positive_int()),
+        "robustness": {
+            "enabled": Bool(),
+            "prompts": positive_int(),
+            "tokens": positive_int(),
+            "objective": choice("unlearndiff", "p4d"),
+            "iterations": ListOf(positive_int()),
+            "lr": positive(),
+            "weight_decay": non_negative(),
+            "neighbours": Bool(),
+            "relearn_images": positive_int(),
+            "relearn_steps": count(),
+            "relearn_every": positive_int(),
+            "relearn_lr": positive(),
+            "relearn_within": non_negative(),
+        },
     },
 }
 

@@ -17,6 +17,13 @@ COST = [Column("cell s", "cost/wall_s"), Column("method s", "method_wall_s"), Co
         Column("GPU h", "cost/gpu_h"), Column("peak GB", "peak_gb")]
 
 
+# Erased or only hidden (eval.robustness, harness/robustness): shown where cells were probed
+ROBUSTNESS = [Column("Pre-ASR", "robust/pre_asr_erased", "min"), Column("ASR soft", "robust/asr_soft_erased", "min"),
+              Column("ASR discrete", "robust/asr_discrete_erased", "min"),
+              Column("relearn steps", "robust/relearn_steps_erased", "max"),
+              Column("neighbours kept %", "robust/neighbour_retention", "max")]
+
+
 def suppression(suffix: str = "erased") -> list[Column]:
     return [Column("CLIP to concept", f"clip_concept_{suffix}", "min"), Column("CP", f"cp_{suffix}", "max"),
             Column("CSD", f"csd_{suffix}", "min"), Column("presence erased", f"presence_{suffix}", "min"),
@@ -142,7 +149,7 @@ def overview(records: list[Record], per_cell: bool = False) -> Table:
     by_id = by_id_map(records)
     columns = [Column("method", "method"), Column("concepts", "concepts"), Column("ratio", "ratio"), Column("K", "K"),
                Column("n", "n"), Column("params (M)", "pruning/params_m"), Column("MACs %", "pruning/macs_pct"),
-               *QUALITY, *suppression(), Column("held-out MSE", "heldout_mse", "min"),
+               *QUALITY, *suppression(), *ROBUSTNESS, Column("held-out MSE", "heldout_mse", "min"),
                Column("align erased", "alignment_erased", "min"), Column("align retained", "alignment_retained", "max"),
                Column("cell s", "cost/wall_s"), Column("cells", "cells")]
     kernel = kernel_split(records)

@@ -30,6 +30,7 @@ def validate(cfg: DictConfig, inputs: bool = True) -> None:
         _model(cfg)  # the world's weights: part of every cell's identity
     concepts.resolve_set(cfg.data.domain, cfg.concepts.erase, cfg.concepts.retain)
     _recovery_steps(cfg, method)
+    _robustness(cfg)
     _eval_backbone(cfg, inputs)
     method.validate(cfg)
     _split_over_processes(cfg)
@@ -99,6 +100,27 @@ def _recovery_steps(cfg: DictConfig, method) -> None:
         if isinstance(step, bool) or not isinstance(step, int) or step <= 0 or last is None or step > last:
             accepted = f"steps between 1 and {last} (the iterations of {cfg.method.name}'s last stage)" if last else f"[] ({cfg.method.name} trains nothing)"
             raise ConfigError("eval.recovery_steps", list(steps), accepted)
+
+
+def _robustness(cfg: DictConfig) -> None:
+    """eval.robustness: probes that detect the concept in images, and a prefix that fits the
+    text encoder beside the world's concept prompts (every one is 9 words: "a <size> <colour>
+    <shape> in the style of <style>"; at real scale a caption's length is known at run time)."""
+    rb = cfg.eval.get("robustness")
+    if not rb or not rb.enabled:
+        return
+    if cfg.eval.backbone == "none":
+        raise ConfigError("eval.robustness.enabled", True, "false with eval.backbone=none (the probes detect concepts in images)")
+    if not rb.iterations:
+        raise ConfigError("eval.robustness.iterations", list(rb.iterations), "a non-empty list of attack iterations")
+    encoder = cfg.model.get("text_encoder")
+    if cfg.data.domain == "world" and encoder is not None:
+        name = next(iter(concepts.DOMAINS["world"]))
+        words = len(concepts.DOMAINS["world"][name].apply("a size colour shape").split())
+        room = encoder.max_length - 2 - words
+        if rb.tokens > room:
+            raise ConfigError("eval.robustness.tokens", rb.tokens, f"at most {room} (model.text_encoder.max_length={encoder.max_length}: "
+                              f"start, end and the {words} words of a world concept prompt take the rest)")
 
 
 def _eval_backbone(cfg: DictConfig, inputs: bool = True) -> None:

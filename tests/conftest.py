@@ -55,6 +55,68 @@ def smoke_sweep(tmp_path_factory, worker_id):
     return out, subprocess.CompletedProcess(**json.loads(record.read_text()))
 
 
+# The local SLURM cluster (slurm/cluster/start.sh): one for the whole test session, shared by the
+# test_slurm* modules on every pytest-xdist worker. Its folder is made by the session's controller
+# process before the workers start (they inherit the variable); the first worker to ask starts the
+# cluster there under a lock, and the controller stops it when the session ends (pytest_unconfigure).
+SLURM_FOLDER = "HARNESS_TEST_SLURM_DIR"
+SLURM_PORT = "16917"  # not the default (16817) of a cluster a developer keeps running by hand
+SLURM_KEY = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput") and SLURM_FOLDER not in os.environ:
+        import tempfile
+
+        # short (unix socket paths have a 108-byte limit) and private (0700)
+        os.environ[SLURM_FOLDER] = tempfile.mkdtemp(prefix="harness-slurm-")
+        config.stash[SLURM_KEY] = os.environ[SLURM_FOLDER]
+
+
+def pytest_unconfigure(config):
+    folder = config.stash.get(SLURM_KEY, None)
+    if folder is None:
+        return
+    import shutil
+
+    if (Path(folder) / "pids").exists():
+        subprocess.run([str(REPO / "slurm" / "cluster" / "stop.sh"), folder], capture_output=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.environ.pop(SLURM_FOLDER, None)
+
+
+# pytest-xdist hands whole modules to its workers (make test: --dist loadfile), in collection
+# order (--no-loadscope-reorder; its default orders by test count, which put a 1-test, 3-minute
+# module last). The longest modules come first, so that none starts near the end and leaves
+# the other worker idle: seconds inside a full suite run (session 13), longest first. Only
+# the order changes; a module not named keeps its place after these.
+LONGEST_FIRST = ("test_slurm", "test_bench", "test_slurm_requeue", "test_slurm_paper", "test_analysis", "test_tune",
+                 "test_slurm_tune", "test_tracking", "test_propagation", "test_resume", "test_distributed")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: a module's tests keep their order
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The environment that reaches the session's local SLURM cluster (SLURM_CONF), or the one
+    SLURM_CONF already points at if that one answers."""
+    import fcntl
+
+    if os.environ.get("SLURM_CONF") and subprocess.run(["scontrol", "ping"], capture_output=True).returncode == 0:
+        return {"SLURM_CONF": os.environ["SLURM_CONF"]}
+    folder = Path(os.environ[SLURM_FOLDER])
+    with open(folder / "start.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        # start.sh returns at once when the cluster in the folder is already up
+        started = subprocess.run([str(REPO / "slurm" / "cluster" / "start.sh"), str(folder)],
+                                 env={**os.environ, "HARNESS_SLURM_PORT": SLURM_PORT}, capture_output=True, text=True)
+    assert started.returncode == 0, started.stdout + started.stderr
+    return {"SLURM_CONF": str(folder / "etc" / "slurm.conf")}
+
+
 def order_of_sums_tolerance(*stages: tuple[float, int], fraction: float = 0.05) -> float:
     """Largest weight difference allowed between two trainings that differ only in the order of
     floating-point sums (data-parallel ranks vs one process, other thread counts or kernels).

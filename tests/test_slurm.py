@@ -1,87 +1,26 @@
-"""Sweeps on a real SLURM cluster: slurm/cluster/start.sh brings up a one-node cluster on
-localhost (slurmctld, slurmd, slurmdbd with a private MariaDB, munge) for this module, unless
-SLURM_CONF already points at a running one, and stops it afterwards."""
+"""Sweeps on a real SLURM cluster (slurm/cluster/start.sh: a one-node cluster on localhost with
+slurmctld, slurmd, slurmdbd, a private MariaDB and munge): job arrays, rejected requests, failed
+and retried cells, status/tail/cancel, crash safety, code snapshots, GPU requests, plans, and the
+local cluster's own safety. Time limits and requeues: test_slurm_requeue.py; tuning workers:
+test_slurm_tune.py; the paper preset end to end: test_slurm_paper.py."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, SMALL, SMALL_WORLD, compose, order_of_sums_tolerance, run_cli, write_coco
+from tests.conftest import REPO, compose, order_of_sums_tolerance, run_cli
+from tests.slurm_support import (ON_SLURM, TINY, attempts, cell_metrics, jobs_cli, needs_root, sacct_states, slurm,
+                                 submissions, sweep_cells, wait_until)
 
-TINY = [*SMALL_WORLD, *SMALL, "pruning.ratio=0.3"]
-ON_SLURM = ["launcher=slurm_local"]
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the local SLURM cluster's daemons run as root")
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """The environment that reaches the cluster (SLURM_CONF)."""
-    if os.environ.get("SLURM_CONF") and subprocess.run(["scontrol", "ping"], capture_output=True).returncode == 0:
-        yield {"SLURM_CONF": os.environ["SLURM_CONF"]}
-        return
-    folder = tmp_path_factory.mktemp("slurm")
-    env = {**os.environ, "HARNESS_SLURM_PORT": "16917"}
-    started = subprocess.run([str(REPO / "slurm" / "cluster" / "start.sh"), str(folder)], env=env, capture_output=True, text=True)
-    assert started.returncode == 0, started.stdout + started.stderr
-    try:
-        yield {"SLURM_CONF": str(folder / "etc" / "slurm.conf")}
-    finally:
-        subprocess.run([str(REPO / "slurm" / "cluster" / "stop.sh"), str(folder)], capture_output=True)
-
-
-def slurm(cluster, *args: str, check: bool = True) -> str:
-    return subprocess.run(list(args), env={**os.environ, **cluster}, capture_output=True, text=True, check=check).stdout
-
-
-def sacct_states(cluster, job: str) -> dict[str, str]:
-    out = slurm(cluster, "sacct", "-n", "-X", "-P", "-j", job, "-o", "JobID,State")
-    return {j: s.split()[0] for j, s in (line.split("|") for line in out.split("\n") if line)}
-
-
-def cell_metrics(out_dir) -> dict:
-    return {p.parent.name: json.loads(p.read_text())["metrics"] for p in out_dir.glob("cells/*/results.json")}
-
-
-def sweep_cells(out_dir) -> list[str]:
-    (cells,) = list(out_dir.glob("sweeps/*/cells.json"))
-    return [c["cell_id"] for c in json.loads(cells.read_text())]
-
-
-def submissions(out_dir) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((out_dir / "slurm" / "submissions").glob("*.json"))]
-
-
-def attempts(cell_dir) -> list[dict]:
-    path = cell_dir / "environment.json"
-    return json.loads(path.read_text())["attempts"] if path.exists() else []
-
-
-def latest_step(cell_dir, stage: str = "finetune") -> int:
-    steps = [int(p.stem.split("_")[1]) for p in (cell_dir / "checkpoints" / stage).glob("step_*.pt")]
-    return max(steps, default=0)
-
-
-def wait_until(predicate, timeout: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def jobs_cli(cluster, out_dir, *args) -> subprocess.CompletedProcess:
-    return run_cli(["harness.jobs", "--out-dir", str(out_dir), *args], env=cluster)
+pytestmark = needs_root
 
 
 def test_sweep_runs_as_a_job_array_and_matches_a_local_run(cluster, tmp_path):
@@ -273,103 +212,6 @@ def test_jobs_run_the_code_they_were_submitted_with(cluster, tmp_path):
     assert recorded == {"commit": commit, "dirty": False, "snapshot": sub["code"]["path"]}
 
 
-SIGNAL_AFTER_S = 60  # the time-limited job's warning comes 60 s after it starts (2-min limit, 60 s delay)
-
-
-def steps_outlasting(seconds: float, env: dict, tmp_path) -> int:
-    """Fine-tuning steps that take longer than `seconds` on this machine, by construction: the
-    step time is measured here (one thread, alone: the jobs share the cores, so they only go
-    slower), and the count has a 1.5× margin. A fixed count made a fast CPU finish before
-    its time limit."""
-    probe = run_cli(["harness", "method=distill", *TINY, "finetune.steps=20", "eval.backbone=none", "tracking.enabled=false",
-                     f"out_dir={tmp_path / 'probe'}"], env=env)
-    assert probe.returncode == 0, probe.stderr[-2000:]
-    (cell,) = (tmp_path / "probe" / "cells").iterdir()
-    per_step = json.loads((cell / "results.json").read_text())["timings"]["finetune"]["seconds_per_step"]
-    return max(200, math.ceil(1.5 * seconds / per_step))
-
-
-def test_time_limit_preemption_and_bare_requeue_resume_to_the_same_result(cluster, tmp_path):
-    """Three runs of one cell: uninterrupted (here), on SLURM past a 2-minute time limit, and
-    on SLURM preempted (submitit's signal) then requeued by a bare `scontrol requeue`."""
-    # One thread per process: the three runs share 2 cores, and do the same arithmetic.
-    env = {**cluster, "OMP_NUM_THREADS": "1"}
-    steps = steps_outlasting(SIGNAL_AFTER_S, env, tmp_path)
-    cell_args = ["method=distill", *TINY, f"finetune.steps={steps}", "runtime.checkpoint_every=20", "tracking.enabled=false"]
-    limited, preempted, local = tmp_path / "limited", tmp_path / "preempted", tmp_path / "local"
-    # Each signal under a 2-minute limit counts as a timeout (submitit): allow enough requeues.
-    limit = ["hydra.launcher.timeout_min=2", f"hydra.launcher.signal_delay_s={120 - SIGNAL_AFTER_S}", "hydra.launcher.max_num_timeout=20"]
-    for out, extra in ((limited, limit), (preempted, [])):
-        run = run_cli(["harness", "-m", *cell_args, *ON_SLURM, *extra, f"out_dir={out}"], env=env)
-        assert run.returncode == 0, run.stderr[-2000:]
-    reference = subprocess.Popen([sys.executable, "-m", "harness", *cell_args, f"out_dir={local}"], cwd=REPO,
-                                 env={**os.environ, **env, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    (cell,) = sweep_cells(preempted)
-    folder = preempted / "cells" / cell
-    job = submissions(preempted)[0]["job_ids"][cell]
-
-    # preemption as submitit sees it: SIGTERM, then the USR2 warning
-    at = wait_until(lambda: latest_step(folder) >= 60 and latest_step(folder), 300, "60 steps before preemption")
-    slurm(cluster, "scancel", "--signal=TERM", job)
-    slurm(cluster, "scancel", "--signal=USR2", job)
-    wait_until(lambda: len(attempts(folder)) == 2, 120, "the preempted job to restart")
-    assert attempts(folder)[0]["ended"] == "requeued"
-    # a bare requeue: the job is killed and restarts from its original submission
-    wait_until(lambda: latest_step(folder) >= at + 60, 300, "progress after the first resume")
-    slurm(cluster, "scontrol", "requeue", job)
-    wait_until(lambda: len(attempts(folder)) == 3, 120, "the requeued job to restart")
-    assert "ended" not in attempts(folder)[1]  # killed outright, no chance to say anything
-
-    for out in (preempted, limited):
-        wait_until(lambda out=out: (out / "cells" / cell / "COMPLETED").exists() or (out / "cells" / cell / "FAILED").exists(),
-                   600, f"{out.name} to finish", every=2)
-    assert reference.wait(timeout=600) == 0, reference.stderr.read()[-2000:]
-
-    log = (preempted / "cells" / cell / "train.log").read_text()
-    assert log.count("resumed stage finetune from step_") == 2, log
-    limited_attempts = attempts(limited / "cells" / cell)
-    assert len(limited_attempts) >= 2 and limited_attempts[0]["ended"] == "requeued", limited_attempts
-    assert "timed-out" in "".join(p.read_text() for p in (limited / "slurm").glob("*/*_log.err"))
-
-    from safetensors.torch import load_file
-
-    want = load_file(local / "cells" / cell / "student.safetensors")
-    for out in (preempted, limited):
-        got = load_file(out / "cells" / cell / "student.safetensors")
-        assert got.keys() == want.keys()
-        worst = max((got[k].float() - want[k].float()).abs().max().item() for k in want)
-        assert worst <= 1e-6, f"{out.name}: weights differ by {worst}"
-        assert cell_metrics(out)[cell] == pytest.approx(cell_metrics(local)[cell], rel=1e-5, abs=1e-6), out.name
-
-
-def test_a_gpu_request_reaches_the_job_which_trains_data_parallel(cluster, tmp_path):
-    """gpus_per_node=2 on the gpu partition (the local cluster's fake GPUs): the job gets the two
-    GPUs and two tasks, one per GPU, which train the cell data-parallel (gloo: no CUDA here) to
-    the result of one local process with the same global batch."""
-    from safetensors.torch import load_file
-
-    args = ["method=distill", *TINY, "tracking.enabled=false"]
-    env = {**cluster, "OMP_NUM_THREADS": "1"}
-    gpus = ["hydra.launcher.wait=true", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=2"]
-    on_slurm = run_cli(["harness", "-m", *args, *ON_SLURM, *gpus, f"out_dir={tmp_path / 'slurm'}"], env=env)
-    assert on_slurm.returncode == 0, on_slurm.stderr[-3000:]
-    local = run_cli(["harness", *args, f"out_dir={tmp_path / 'local'}"], env=env)
-    assert local.returncode == 0, local.stderr[-3000:]
-
-    (cell,) = sweep_cells(tmp_path / "slurm")
-    (sub,) = submissions(tmp_path / "slurm")
-    job = sub["job_ids"][cell]
-    tres = slurm(cluster, "sacct", "-n", "-X", "-P", "-j", job, "-o", "AllocTRES")
-    assert "gres/gpu=2" in tres, tres
-    env_json = json.loads((tmp_path / "slurm" / "cells" / cell / "environment.json").read_text())
-    assert env_json["processes"] == 2 and env_json["slurm"]["slurm_ntasks"] == "2"
-    assert env_json["slurm"]["cuda_visible_devices"] == "0,1"
-    a = load_file(tmp_path / "local" / "cells" / cell / "student.safetensors")
-    b = load_file(tmp_path / "slurm" / "cells" / cell / "student.safetensors")
-    cfg = compose(args)
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < order_of_sums_tolerance((cfg.finetune.lr, cfg.finetune.steps))
-
-
 def test_the_local_cluster_is_private_and_listens_on_loopback_only(cluster):
     """Its folder is 0700; the munge key, the database password and slurmdbd.conf 0600; every
     daemon's TCP socket on 127.0.0.1; the database's root has no password login over TCP."""
@@ -417,71 +259,6 @@ def test_the_local_cluster_refuses_a_folder_others_could_have_prepared(tmp_path)
         planted.kill()
 
 
-def test_a_tuning_study_runs_its_workers_as_a_job_array(cluster, tmp_path):
-    """`launcher=slurm_local` with a tune sweep: two workers, one SLURM array, one journal;
-    the budget spent exactly, every trial told by a SLURM worker."""
-    import optuna
-
-    from harness.compose import compose_config
-    from harness.tune.spec import parse
-    from harness.tune.study import open_study, study_name
-    from tests.test_tune import TINY_STUDY
-
-    out = tmp_path / "out"
-    args = [*TINY_STUDY, "tune.trials=4", f"out_dir={out}"]
-    env = {**cluster, "OMP_NUM_THREADS": "1"}
-    done = run_cli(["harness", *args, *ON_SLURM, "hydra.launcher.wait=true"], env=env, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    cfg = compose_config([a for a in args if a != "-m"])
-    spec = parse(cfg)
-    name = study_name(cfg, spec)
-    trials = open_study(name, spec, out / "optuna" / name).trials
-    assert [t.state for t in trials].count(optuna.trial.TrialState.COMPLETE) == 4 and len(trials) == 4
-    assert all(t.user_attrs["worker"].startswith("slurm-") for t in trials)
-
-
-def test_a_requeued_tuning_worker_finishes_its_own_trial(cluster, tmp_path):
-    """A bare `scontrol requeue` of a worker mid-trial: the job restarts, the worker finds the
-    trial it was running (its job id is on it), resumes that cell from its checkpoint and tells
-    it; the study ends with the budget, no trial failed."""
-    import optuna
-
-    from harness.compose import compose_config
-    from harness.tune.spec import parse
-    from harness.tune.study import open_study, study_name
-    from tests.test_tune import TINY_STUDY
-
-    out = tmp_path / "out"
-    args = [*TINY_STUDY, "tune.trials=3", "finetune.steps=300", "runtime.checkpoint_every=10", f"out_dir={out}"]
-    env = {**cluster, "OMP_NUM_THREADS": "1"}
-    done = run_cli(["harness", *args, *ON_SLURM], env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    array = re.search(r"submitted as SLURM job (\d+)", done.stdout).group(1)
-    cfg = compose_config([a for a in args if a != "-m"])
-    spec = parse(cfg)
-    name = study_name(cfg, spec)
-    folder = out / "optuna" / name
-
-    def trial_in_training():
-        if not (folder / "journal.log").exists():
-            return None
-        for t in open_study(name, spec, folder).trials:
-            if t.state == optuna.trial.TrialState.RUNNING and "cell" in t.user_attrs \
-                    and list((out / "cells" / t.user_attrs["cell"]).glob("checkpoints/*/step_*.pt")):
-                return t
-        return None
-
-    target = wait_until(trial_in_training, 300, "a trial in training")
-    slurm(cluster, "scontrol", "requeue", target.user_attrs["slurm_job"])
-    wait_until(lambda: (states := sacct_states(cluster, array)) and len(states) == 2
-               and all(s == "COMPLETED" for s in states.values()), 600, "both workers to end")
-    trials = open_study(name, spec, folder).trials
-    assert [t.state for t in trials].count(optuna.trial.TrialState.COMPLETE) == 3 and len(trials) == 3, [t.state for t in trials]
-    again = trials[target.number]
-    assert again.state == optuna.trial.TrialState.COMPLETE and again.user_attrs["worker"] == target.user_attrs["worker"]
-    assert "resumed stage" in (out / "cells" / target.user_attrs["cell"] / "train.log").read_text()
-
-
 def test_a_plan_asks_the_scheduler_for_each_gpu_count(cluster, tmp_path, monkeypatch, capsys):
     """--plan on SLURM: each cell gets the preset's GPUs, or fewer where its batch does not
     split over them (ESD's batch of 1: one), and `sbatch --test-only` is asked for each array;
@@ -508,87 +285,29 @@ def test_a_plan_asks_the_scheduler_for_each_gpu_count(cluster, tmp_path, monkeyp
     assert not out.exists() and set(slurm(cluster, "squeue", "-h", "-o", "%i").split()) <= set(queued.split())  # nothing submitted
 
 
-@pytest.fixture(scope="module")
-def torch_home(tmp_path_factory):
-    """A torch hub folder holding clean-fid's legacy_pytorch Inception at random weights (its
-    architecture and file name; its values do not matter at toy size)."""
-    import cleanfid.inception_pytorch as fid_inception
-    import torch
-    from torchvision.models.inception import Inception3
+def test_a_gpu_request_reaches_the_job_which_trains_data_parallel(cluster, tmp_path):
+    """gpus_per_node=2 on the gpu partition (the local cluster's fake GPUs): the job gets the two
+    GPUs and two tasks, one per GPU, which train the cell data-parallel (gloo: no CUDA here) to
+    the result of one local process with the same global batch."""
+    from safetensors.torch import load_file
 
-    from harness.metrics.backbones import PYTORCH_FID_WEIGHTS
+    args = ["method=distill", *TINY, "tracking.enabled=false"]
+    env = {**cluster, "OMP_NUM_THREADS": "1"}
+    gpus = ["hydra.launcher.wait=true", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=2"]
+    on_slurm = run_cli(["harness", "-m", *args, *ON_SLURM, *gpus, f"out_dir={tmp_path / 'slurm'}"], env=env)
+    assert on_slurm.returncode == 0, on_slurm.stderr[-3000:]
+    local = run_cli(["harness", *args, f"out_dir={tmp_path / 'local'}"], env=env)
+    assert local.returncode == 0, local.stderr[-3000:]
 
-    built = []
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(fid_inception, "load_state_dict_from_url", lambda *a, **k: None)
-        patch.setattr(Inception3, "load_state_dict", lambda self, *a, **k: built.append(self))
-        torch.manual_seed(0)
-        fid_inception.fid_inception_v3()
-    home = tmp_path_factory.mktemp("torch_home")
-    path = home / "hub" / "checkpoints" / PYTORCH_FID_WEIGHTS
-    path.parent.mkdir(parents=True)
-    torch.save(built[0].state_dict(), path)
-    return home
-
-
-def real_scale_inputs(root, clip_dir, csd_path, torch_home, monkeypatch) -> list[str]:
-    """COCO 2017 in the authors' layout, a folder of images per artist, and a FID/CMMD
-    reference prepared from the val images: the overrides that point paper_sd21 at them."""
-    import numpy as np
-    from PIL import Image
-
-    from harness.metrics.prepare import main as prepare
-
-    rng = np.random.default_rng(0)
-    coco = write_coco(root / "coco", {"train": 6, "val": 6}, lambda split, i: Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)))
-    concepts = root / "artists"
-    for artist in ("van_gogh", "monet", "picasso"):
-        (concepts / artist).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(concepts / artist / f"{i}.png")
-    monkeypatch.setenv("TORCH_HOME", str(torch_home))
-    reference = root / "ref"
-    assert prepare(["--images", str(coco / "images" / "val2017"), "--out", str(reference), "--resolution", "16",
-                    "--clip", str(clip_dir)]) == 0
-    return [f"data.root={coco}", f"data.concept_source={concepts}", f"eval.real.reference={reference}",
-            f"eval.real.clip={clip_dir}", f"eval.real.cmmd_clip={clip_dir}", f"eval.real.csd={csd_path}"]
-
-
-def test_the_paper_preset_runs_end_to_end_at_toy_size_on_slurm(cluster, sd21_dir, tiny_clip_dir, torch_home, tmp_path, monkeypatch):
-    """sweep=paper_sd21 as a user runs it, at toy size: every method of the preset, SD 2.1's
-    layout (latent space, v-prediction, PNDM), COCO-layout data and artist folders, the real
-    metric backbones (Inception, CLIP, CSD), on the local SLURM cluster with 2 (fake) GPUs per
-    cell: data-parallel where the batches split, one GPU for ESD's batch of 1 and the teacher."""
-    from tests.test_real_backbones import as_openai_visual, tiny_vision
-
-    import torch
-
-    state = {f"module.backbone.{k}": v for k, v in as_openai_visual(tiny_vision()).items()}
-    state["module.last_layer_style"], state["module.last_layer_content"] = torch.randn(64, 24), torch.randn(64, 24)
-    csd = tmp_path / "csd.pth"
-    torch.save({"model_state_dict": state}, csd)
-    inputs = real_scale_inputs(tmp_path, tiny_clip_dir, csd, torch_home, monkeypatch)
-    out = tmp_path / "out"
-    toy = [f"model.path={sd21_dir}", "model.resolution=16", "data.heldout_size=4", "finetune.steps=20",
-           "finetune.batch_size=4", "eraser.steps=2", "eraser.sampler_steps=3", "eval.neutral_prompts=4",
-           "eval.concept_prompts=2", "eval.sample_steps=3", "eval.batch_size=8", "eval.grid_neutral=1"]
-    args = ["harness", "-m", "sweep=paper_sd21", *inputs, *toy, *ON_SLURM, "hydra.launcher.partition=gpu",
-            "hydra.launcher.gpus_per_node=2", "hydra.launcher.wait=true", "tracking.enabled=false",
-            "runtime.progress=false", f"out_dir={out}"]
-    done = run_cli(args, env={**cluster, "OMP_NUM_THREADS": "1", "TORCH_HOME": str(torch_home)}, timeout=1200)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    cells = sweep_cells(out)
-    assert len(cells) == 11 and all((out / "cells" / c / "COMPLETED").exists() for c in cells)
-    by_gpus = {}
-    for c in cells:
-        env_json = json.loads((out / "cells" / c / "environment.json").read_text())
-        results = json.loads((out / "cells" / c / "results.json").read_text())
-        by_gpus.setdefault((results["method"], env_json["processes"]), 0)
-        by_gpus[(results["method"], env_json["processes"])] += 1
-        assert {"fid", "clip_score", "cmmd"} <= results["metrics"].keys(), c
-        assert results["metric_info"]["fid"]["backbone"] == "inception-legacy_pytorch"
-        if results["method"] not in ("teacher", "distill"):
-            assert all(f"csd/{a}" in results["metrics"] for a in ("van_gogh", "monet", "picasso")), c
-    # the distill cells ran in their own jobs, on 2 GPUs: the erasing cells' arrays waited for them
-    assert by_gpus == {("teacher", 1): 1, ("distill", 2): 2, ("two_stage", 1): 4, ("bilevel", 2): 4}, by_gpus
-    assert sorted(len(sub["cells"]) for sub in submissions(out)) == [1, 2, 4, 4]  # by GPU count, references first
+    (cell,) = sweep_cells(tmp_path / "slurm")
+    (sub,) = submissions(tmp_path / "slurm")
+    job = sub["job_ids"][cell]
+    tres = slurm(cluster, "sacct", "-n", "-X", "-P", "-j", job, "-o", "AllocTRES")
+    assert "gres/gpu=2" in tres, tres
+    env_json = json.loads((tmp_path / "slurm" / "cells" / cell / "environment.json").read_text())
+    assert env_json["processes"] == 2 and env_json["slurm"]["slurm_ntasks"] == "2"
+    assert env_json["slurm"]["cuda_visible_devices"] == "0,1"
+    a = load_file(tmp_path / "local" / "cells" / cell / "student.safetensors")
+    b = load_file(tmp_path / "slurm" / "cells" / cell / "student.safetensors")
+    cfg = compose(args)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < order_of_sums_tolerance((cfg.finetune.lr, cfg.finetune.steps))

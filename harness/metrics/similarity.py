@@ -40,3 +40,16 @@ def cp_score(gen_image_emb, ref_image_emb, prompt_emb) -> float:
 def presence_rate(class_logits, concept_index: int) -> float:
     predicted = torch.as_tensor(class_logits).argmax(dim=-1)
     return float(100.0 * (predicted == concept_index).double().mean())
+
+
+def concept_hits(backbones, images, concept, domain: list) -> torch.Tensor:
+    """Whether each image (uint8, N×3×H×W) shows `concept`: the style classifier's class where
+    the backbones have one (the world's style descriptor: the detector behind presence), else
+    CLIP zero-shot among the domain's concepts and their common anchor (real scale: which of
+    "a painting by Vincent van Gogh", "... by Claude Monet", ..., "a painting" fits best)."""
+    if backbones.classifies_styles:
+        return torch.as_tensor(backbones.style_logits(images)).argmax(-1) == backbones.concept_index(concept.name)
+    labels = [c.apply(c.anchor_prompt) for c in domain] + [concept.anchor_prompt]
+    image_emb = F.normalize(torch.as_tensor(backbones.clip_images(images), dtype=torch.float64), dim=-1)
+    text_emb = F.normalize(torch.as_tensor(backbones.clip_texts(labels), dtype=torch.float64), dim=-1)
+    return (image_emb @ text_emb.T).argmax(-1) == [c.name for c in domain].index(concept.name)

@@ -1,0 +1,176 @@
+"""Robustness probes (harness/robustness): the adversarial prefix's plumbing, the discrete
+attack's prompts, and the probes run on a cell in evaluation or added to a finished one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import compose, fails_in_one_line
+
+
+@pytest.fixture(scope="module")
+def tiny_parts():
+    from harness.models.tiny import build_tiny, tiny_config
+
+    return build_tiny(tiny_config())
+
+
+PROMPTS = ["a small red circle in the style of stripes", "a large blue square in the style of dots"]
+
+
+def test_a_prefix_of_token_embeddings_encodes_exactly_as_those_tokens(tiny_parts):
+    """The hook replaces the embedding rows at the prefix slots: given the embeddings of real
+    tokens, the encoder's output is the tokens' own, bit for bit."""
+    from harness.robustness.prompts import encode, prefixed_ids, token_embeddings, word_ids
+
+    tok = tiny_parts.tokenizer
+    words = word_ids(tok)
+    tokens = words[torch.tensor([[3, 7, 1, 0], [5, 5, 2, 9]])]
+    with torch.no_grad():
+        as_tokens = encode(tiny_parts, prefixed_ids(tok, PROMPTS, 4, tokens))
+        as_rows = encode(tiny_parts, prefixed_ids(tok, PROMPTS, 4), token_embeddings(tiny_parts)[tokens])
+        plain = encode(tiny_parts, prefixed_ids(tok, PROMPTS, 4))
+    assert torch.equal(as_tokens, as_rows)
+    assert not torch.equal(as_tokens, plain)  # the slots matter
+
+
+def test_a_prefix_that_does_not_fit_the_text_encoder_fails_in_one_line(tiny_parts, tmp_path, capsys):
+    from harness.errors import ConfigError
+    from harness.robustness.prompts import prefixed_ids
+
+    with pytest.raises(ConfigError, match="eval.robustness.tokens"):
+        prefixed_ids(tiny_parts.tokenizer, PROMPTS, 6)  # 11 tokens + 6 > 16
+    fails_in_one_line(["method=two_stage", "eval.robustness.enabled=true", "eval.robustness.tokens=6"], tmp_path, capsys,
+                      "eval.robustness.tokens=6", "at most 5")
+    fails_in_one_line(["method=two_stage", "eval.robustness.enabled=true", "eval.backbone=none"], tmp_path, capsys,
+                      "eval.robustness.enabled=True", "eval.backbone=none")
+    fails_in_one_line(["method=two_stage", "eval.robustness.objective=nope"], tmp_path, capsys, "eval.robustness.objective='nope'", "p4d")
+
+
+def test_the_simplex_projection_is_the_euclidean_one():
+    from harness.robustness.attack import project_to_simplex
+
+    cases = {(0.5, 0.5, 0.5): (1 / 3, 1 / 3, 1 / 3), (2.0, 0.0, 0.0): (1.0, 0.0, 0.0), (0.6, 0.6, -1.0): (0.5, 0.5, 0.0),
+             (0.2, 0.3, 0.5): (0.2, 0.3, 0.5)}
+    for point, want in cases.items():
+        got = project_to_simplex(torch.tensor(point, dtype=torch.float64))
+        assert torch.allclose(got, torch.tensor(want, dtype=torch.float64), atol=1e-12), (point, got)
+    rows = project_to_simplex(torch.randn(64, 30, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3)
+    assert torch.all(rows >= 0) and torch.allclose(rows.sum(-1), torch.ones(64, dtype=torch.float64))
+    # no point of the simplex is closer: a random feasible point never beats the projection
+    point = torch.randn(30, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    best = (project_to_simplex(point) - point).norm()
+    others = torch.distributions.Dirichlet(torch.ones(30, dtype=torch.float64)).sample((500,))
+    assert torch.all((others - point).norm(dim=-1) >= best)
+
+
+def test_the_discrete_attack_returns_prompts_a_user_can_type(tiny_parts):
+    """Its prefixes are vocabulary words (no special tokens), and the typed prompt tokenises
+    back to the ids the attack scored; the attack is a function of its seed."""
+    from harness.robustness.attack import AttackConfig, attack
+    from harness.robustness.prompts import decode_prefix, prefixed_ids, special_ids
+
+    parts, tok = tiny_parts, tiny_parts.tokenizer
+    x0 = torch.randn(len(PROMPTS), 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    cfg = AttackConfig(kind="discrete", tokens=3, iterations=(2, 4), seed=5)
+    runs = [list(attack(parts, parts.unet, parts.unet, PROMPTS, x0, cfg)) for _ in range(2)]
+    assert [p.iteration for p in runs[0]] == [2, 4]
+    assert all(torch.equal(a.tokens, b.tokens) and a.loss == b.loss for a, b in zip(*runs))
+    tokens = runs[0][-1].tokens
+    assert not set(tokens.flatten().tolist()) & special_ids(tok)
+    for b, prompt in enumerate(PROMPTS):
+        typed = decode_prefix(tok, tokens[b], prompt)
+        assert typed.endswith(prompt) and len(typed.split()) == len(prompt.split()) + 3
+        retyped = tok(typed, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids[0]
+        assert torch.equal(retyped, prefixed_ids(tok, [prompt], 3, tokens[b : b + 1])[0])
+
+
+def test_the_soft_attack_moves_the_prefix_and_never_the_models(tiny_parts):
+    from harness.robustness.attack import AttackConfig, attack
+
+    parts = tiny_parts
+    before = {k: v.clone() for k, v in parts.unet.state_dict().items()}
+    text_before = {k: v.clone() for k, v in parts.text_encoder.state_dict().items()}
+    x0 = torch.randn(len(PROMPTS), 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    for objective in ("unlearndiff", "p4d"):
+        first, last = list(attack(parts, parts.unet, parts.unet, PROMPTS, x0,
+                                  AttackConfig(kind="soft", objective=objective, tokens=2, iterations=(1, 5), seed=1)))
+        assert first.embeddings.shape == (2, 2, parts.text_encoder.config.hidden_size)
+        assert not torch.equal(first.embeddings, last.embeddings)
+    assert all(torch.equal(v, before[k]) for k, v in parts.unet.state_dict().items())
+    assert all(torch.equal(v, text_before[k]) for k, v in parts.text_encoder.state_dict().items())
+    assert all(p.requires_grad for p in parts.unet.parameters())  # restored as they were
+
+
+ROBUST = ["eval.robustness.enabled=true", "eval.robustness.prompts=4", "eval.robustness.iterations=[2,3]",
+          "eval.robustness.relearn_steps=2", "eval.robustness.relearn_every=1", "eval.robustness.relearn_images=2"]
+
+
+def test_probes_are_added_to_a_finished_cell_without_training_and_kept_until_the_budget_changes(tmp_path, capsys):
+    """A two-stage cell finished without probes; the same cell asked again with probes on: same
+    id, the probes run on its saved student (no training), its results and MLflow run gain
+    them; asked again, nothing runs; at another budget, they run again (also from
+    `python -m harness.robustness`). A cell that trains with probes on has them from its own
+    evaluation."""
+    import mlflow
+
+    from harness.cell import Cell
+    from harness.runner import run_cell
+
+    base = ["method=two_stage", "eval.backbone=world", "eval.concept_prompts=4"]
+    cfg = compose(base, tmp_path)
+    plain = run_cell(cfg)
+    assert not any(k.startswith("robust/") for k in plain["metrics"]) and "robustness" not in plain
+    cell = Cell(cfg)
+    probed_cfg = compose([*base, *ROBUST], tmp_path)
+    assert Cell(probed_cfg).id == cell.id
+    lines = len(cell.metric_lines())
+    probed = run_cell(probed_cfg)
+    robust = {k: v for k, v in probed["metrics"].items() if k.startswith("robust/")}
+    assert {"robust/pre_asr/stripes", "robust/asr_soft/stripes", "robust/asr_discrete/stripes", "robust/relearn_steps/stripes",
+            "robust/neighbour_retention"} <= robust.keys()
+    assert all(0 <= robust[f"robust/{k}/stripes"] <= 100 for k in ("pre_asr", "asr_soft", "asr_discrete"))
+    assert robust["robust/asr_soft/stripes"] >= robust["robust/pre_asr/stripes"]  # cumulative: never below no attack
+    assert {k: v for k, v in probed["metrics"].items() if not k.startswith(("robust/", "se/robust/"))} == plain["metrics"]
+    new_lines = [json.loads(x) for x in cell.metric_lines()[lines:]]
+    assert [x["stage"] for x in new_lines] == ["robustness"]  # no training stage logged again
+    record = json.loads(cell.path("robustness.json").read_text())
+    assert len(record["concepts"]["stripes"]["discrete"]["found_prompts"]) == 4
+    assert record["budget"] == probed["robustness"]["budget"] and record["budget"]["iterations"] == [2, 3]
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = [r for r in mlflow.search_runs(experiment_names=["harness"], output_format="list")
+              if r.data.tags.get("harness.cell_id") == cell.id]
+    assert run.data.metrics["robust/asr_soft/stripes"] == pytest.approx(robust["robust/asr_soft/stripes"])
+
+    from harness.record import from_cells
+    from harness.render import markdown
+    from harness.summary import overview
+
+    table = markdown(overview(from_cells([cell, Cell(probed_cfg)])))
+    assert all(c in table for c in ("Pre-ASR", "ASR soft", "ASR discrete", "relearn steps", "neighbours kept %")), table
+
+    again = run_cell(probed_cfg)
+    assert again == probed and len(cell.metric_lines()) == lines + 1
+    other = run_cell(compose([*base, *ROBUST, "eval.robustness.iterations=[2]"], tmp_path))
+    assert other["robustness"]["budget"]["iterations"] == [2] and len(cell.metric_lines()) == lines + 2
+
+    fresh = run_cell(compose([*base, *ROBUST, "seed=1"], tmp_path))
+    assert "robust/asr_discrete/stripes" in fresh["metrics"] and fresh["robustness"]["budget"]["iterations"] == [2, 3]
+    assert json.loads(Cell(compose([*base, *ROBUST, "seed=1"], tmp_path)).path("robustness.json").read_text())["budget"] == fresh["robustness"]["budget"]
+
+    from harness.robustness.__main__ import main
+
+    assert main(["--out-dir", str(tmp_path), cell.id, "eval.robustness.prompts=2", "eval.robustness.iterations=[1]",
+                 "eval.robustness.relearn_steps=1"]) == 0
+    assert f"{cell.id} two_stage: Pre-ASR" in capsys.readouterr().out
+    assert cell.results()["robustness"]["budget"]["prompts"] == 2
+    for bad, wanted in ((["seed=3"], "eval.robustness.<key>=<value>"), (["nope"], "no finished cell of that id"),
+                        ([Cell(compose(["method=distill", "eval.backbone=world", "eval.concept_prompts=4"], tmp_path)).id], "erases nothing")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--out-dir", str(tmp_path), *bad])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1 and wanted in err[0], err

@@ -1,0 +1,86 @@
+"""A cell on SLURM past its time limit, preempted (submitit's signal) and requeued by a bare
+`scontrol requeue`: each resumes from its checkpoint to the uninterrupted result."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+from tests.slurm_support import (ON_SLURM, TINY, attempts, cell_metrics, latest_step, needs_root, slurm, submissions, sweep_cells, wait_until)
+
+pytestmark = needs_root
+
+
+SIGNAL_AFTER_S = 60  # the time-limited job's warning comes 60 s after it starts (2-min limit, 60 s delay)
+
+
+def steps_outlasting(seconds: float, env: dict, tmp_path) -> int:
+    """Fine-tuning steps that take longer than `seconds` on this machine, by construction: the
+    step time is measured here (one thread, alone: the jobs share the cores, so they only go
+    slower), and the count has a 1.5× margin. A fixed count made a fast CPU finish before
+    its time limit."""
+    probe = run_cli(["harness", "method=distill", *TINY, "finetune.steps=20", "eval.backbone=none", "tracking.enabled=false",
+                     f"out_dir={tmp_path / 'probe'}"], env=env)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    (cell,) = (tmp_path / "probe" / "cells").iterdir()
+    per_step = json.loads((cell / "results.json").read_text())["timings"]["finetune"]["seconds_per_step"]
+    return max(200, math.ceil(1.5 * seconds / per_step))
+
+
+def test_time_limit_preemption_and_bare_requeue_resume_to_the_same_result(cluster, tmp_path):
+    """Three runs of one cell: uninterrupted (here), on SLURM past a 2-minute time limit, and
+    on SLURM preempted (submitit's signal) then requeued by a bare `scontrol requeue`."""
+    # One thread per process: the three runs share 2 cores, and do the same arithmetic.
+    env = {**cluster, "OMP_NUM_THREADS": "1"}
+    steps = steps_outlasting(SIGNAL_AFTER_S, env, tmp_path)
+    cell_args = ["method=distill", *TINY, f"finetune.steps={steps}", "runtime.checkpoint_every=20", "tracking.enabled=false"]
+    limited, preempted, local = tmp_path / "limited", tmp_path / "preempted", tmp_path / "local"
+    # Each signal under a 2-minute limit counts as a timeout (submitit): allow enough requeues.
+    limit = ["hydra.launcher.timeout_min=2", f"hydra.launcher.signal_delay_s={120 - SIGNAL_AFTER_S}", "hydra.launcher.max_num_timeout=20"]
+    for out, extra in ((limited, limit), (preempted, [])):
+        run = run_cli(["harness", "-m", *cell_args, *ON_SLURM, *extra, f"out_dir={out}"], env=env)
+        assert run.returncode == 0, run.stderr[-2000:]
+    reference = subprocess.Popen([sys.executable, "-m", "harness", *cell_args, f"out_dir={local}"], cwd=REPO,
+                                 env={**os.environ, **env, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    (cell,) = sweep_cells(preempted)
+    folder = preempted / "cells" / cell
+    job = submissions(preempted)[0]["job_ids"][cell]
+
+    # preemption as submitit sees it: SIGTERM, then the USR2 warning
+    at = wait_until(lambda: latest_step(folder) >= 60 and latest_step(folder), 300, "60 steps before preemption")
+    slurm(cluster, "scancel", "--signal=TERM", job)
+    slurm(cluster, "scancel", "--signal=USR2", job)
+    wait_until(lambda: len(attempts(folder)) == 2, 120, "the preempted job to restart")
+    assert attempts(folder)[0]["ended"] == "requeued"
+    # a bare requeue: the job is killed and restarts from its original submission
+    wait_until(lambda: latest_step(folder) >= at + 60, 300, "progress after the first resume")
+    slurm(cluster, "scontrol", "requeue", job)
+    wait_until(lambda: len(attempts(folder)) == 3, 120, "the requeued job to restart")
+    assert "ended" not in attempts(folder)[1]  # killed outright, no chance to say anything
+
+    for out in (preempted, limited):
+        wait_until(lambda out=out: (out / "cells" / cell / "COMPLETED").exists() or (out / "cells" / cell / "FAILED").exists(),
+                   600, f"{out.name} to finish", every=2)
+    assert reference.wait(timeout=600) == 0, reference.stderr.read()[-2000:]
+
+    log = (preempted / "cells" / cell / "train.log").read_text()
+    assert log.count("resumed stage finetune from step_") == 2, log
+    limited_attempts = attempts(limited / "cells" / cell)
+    assert len(limited_attempts) >= 2 and limited_attempts[0]["ended"] == "requeued", limited_attempts
+    assert "timed-out" in "".join(p.read_text() for p in (limited / "slurm").glob("*/*_log.err"))
+
+    from safetensors.torch import load_file
+
+    want = load_file(local / "cells" / cell / "student.safetensors")
+    for out in (preempted, limited):
+        got = load_file(out / "cells" / cell / "student.safetensors")
+        assert got.keys() == want.keys()
+        worst = max((got[k].float() - want[k].float()).abs().max().item() for k in want)
+        assert worst <= 1e-6, f"{out.name}: weights differ by {worst}"
+        assert cell_metrics(out)[cell] == pytest.approx(cell_metrics(local)[cell], rel=1e-5, abs=1e-6), out.name
