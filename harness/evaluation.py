@@ -14,14 +14,13 @@ A sample grid (neutral prompts, then one prompt per concept) is saved as samples
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from harness import concepts as concept_registry
 from harness.losses import diffusion_target, noisy_inputs
+from harness.imagesets import save_grid
 from harness.sampling import sample
 
 
@@ -87,15 +86,7 @@ def sample_grid(ctx, model, path, concepts) -> None:
     g = torch.Generator().manual_seed(ev.seed)
     x, _ = sample(model, ctx.parts, prompts, ev.sample_steps, ev.guidance, g, kind=ev.sampler)
     images = ((ctx.parts.decode(x) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
-    cols = min(len(prompts), 8)
-    rows = math.ceil(len(prompts) / cols)
-    size = images.shape[-1]
-    scale = max(1, 64 // size)
-    grid = Image.new("RGB", (cols * size * scale, rows * size * scale))
-    for i, im in enumerate(images):
-        tile = Image.fromarray(im.permute(1, 2, 0).numpy()).resize((size * scale, size * scale), Image.NEAREST)
-        grid.paste(tile, ((i % cols) * size * scale, (i // cols) * size * scale))
-    grid.save(path)
+    save_grid(images, min(len(prompts), 8), path)
 
 
 def metric_backbones(ev, device):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,3 +94,15 @@ def load_images(folder: Path) -> ImageSet:
         return ImageSet(folder, [r["file"] for r in rows], [r.get("prompt") for r in rows], [r.get("seed") for r in rows])
     files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
     return ImageSet(folder, files, [None] * len(files), [None] * len(files))
+
+
+def save_grid(images: torch.Tensor, cols: int, path) -> None:
+    """(N, 3, H, W) uint8 images as one PNG, `cols` per row, small images scaled up to 64 px."""
+    rows = math.ceil(len(images) / cols)
+    size = images.shape[-1]
+    scale = max(1, 64 // size)
+    grid = Image.new("RGB", (cols * size * scale, rows * size * scale))
+    for i, im in enumerate(images):
+        tile = Image.fromarray(im.permute(1, 2, 0).numpy()).resize((size * scale, size * scale), Image.NEAREST)
+        grid.paste(tile, ((i % cols) * size * scale, (i // cols) * size * scale))
+    grid.save(path)

@@ -127,7 +127,7 @@ def add_robustness(cfg: DictConfig, cell: Cell, tracker: Tracker | None = None) 
         run = CellRun(tracker, cell, cfg.tracking.get("parent_run_id"), cfg.tracking.flush_every_s)
         if run_id := run.state.get("run_id"):  # a tracker that is down: backfill sends the line later
             run.flush(force=True, final=True)
-            for name in ("results.json", "robustness.json"):
+            for name in ("results.json", "robustness.json", "robustness.png"):
                 tracker.log_artifact(run_id, cell.path(name))
     return results
 

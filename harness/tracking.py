@@ -340,7 +340,7 @@ class CellRun:
             values = {k: v for k, v in summary_values(results).items() if k not in results.get("metrics", {})}
             if values:
                 t.log_metrics(run_id, [{"time": time.time(), "step": 0, "values": values}])
-            for name in ("config.yaml", "results.json", "samples.png", "environment.json", "robustness.json"):
+            for name in ("config.yaml", "results.json", "samples.png", "environment.json", "robustness.json", "robustness.png"):
                 t.log_artifact(run_id, self.cell.path(name))
             self._log_concept_samples(run_id)
         t.terminate(run_id, status)

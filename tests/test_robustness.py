@@ -137,6 +137,10 @@ def test_probes_are_added_to_a_finished_cell_without_training_and_kept_until_the
     assert {k: v for k, v in probed["metrics"].items() if not k.startswith(("robust/", "se/robust/"))} == plain["metrics"]
     new_lines = [json.loads(x) for x in cell.metric_lines()[lines:]]
     assert [x["stage"] for x in new_lines] == ["robustness"]  # no training stage logged again
+    from PIL import Image
+
+    with Image.open(cell.path("robustness.png")) as grid:  # plain, soft, discrete: a row each, 4 prompts of 16 px at 4x
+        assert grid.size == (4 * 64, 3 * 64)
     record = json.loads(cell.path("robustness.json").read_text())
     assert len(record["concepts"]["stripes"]["discrete"]["found_prompts"]) == 4
     assert record["budget"] == probed["robustness"]["budget"] and record["budget"]["iterations"] == [2, 3]

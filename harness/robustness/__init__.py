@@ -15,7 +15,8 @@ the distilled model's on the same prompts and seeds (erasure that takes its neig
 "Shows the concept" is `metrics.similarity.concept_hits`: the world's style descriptor, or CLIP
 zero-shot at real scale. Every draw is seeded from the training seed: the probe is a function
 of the cell. What it spent (iterations, images, seconds) is recorded beside the values, and the
-found prompts, curves and budgets go to the cell's robustness.json.
+found prompts, curves and budgets go to the cell's robustness.json; robustness.png shows, per
+erased concept, its first prompts plain, with the soft prefix and with the discrete one.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from harness.concepts import DOMAINS
 from harness.files import write_atomic
 from harness.image_eval import evaluation_prompts, seeds_for
-from harness.imagesets import load_images, save_images
+from harness.imagesets import load_images, save_grid, save_images
 from harness.metrics import uncertainty as U
 from harness.metrics.similarity import concept_hits
 from harness.robustness.attack import KINDS, AttackConfig, attack
@@ -38,6 +39,7 @@ from harness.robustness.relearn import RelearnConfig, relearn
 from harness.sampling import sample
 
 CONCEPT_SEED_OFFSET = 50_000  # image_eval's offset for concept prompts: the probe's images are the cell's
+GRID_COLUMNS = 8
 
 
 def attack_configs(rb, seed: int) -> dict[str, AttackConfig]:
@@ -136,7 +138,7 @@ def run(ctx, model, backbones, reference: Path | None, reference_metrics: dict |
     seed, started = int(ctx.cfg.seed), time.perf_counter()
     domain = list(DOMAINS[ctx.cfg.data.domain].values())
     root = ctx.folder / "images" / "robustness"
-    metrics, record = {}, {"concepts": {}}
+    metrics, record, grid = {}, {"concepts": {}}, []
     model.eval()
     for ci, concept in enumerate(ctx.erase):
         prompts = evaluation_prompts(ctx, concept, int(rb.prompts))
@@ -145,7 +147,9 @@ def run(ctx, model, backbones, reference: Path | None, reference_metrics: dict |
         hits = lambda pixels, c=concept: concept_hits(backbones, uint8(pixels), c, domain).cpu()  # noqa: E731
         x0 = images(ctx.teacher, prompts, latent=True)  # the original model's images: what the attack reconstructs
         original = hits(parts.decode(x0).cpu())
-        pre = hits(images(model, prompts))
+        plain_images = images(model, prompts)
+        pre = hits(plain_images)
+        grid.append(uint8(plain_images[:GRID_COLUMNS]))
         name = concept.name
         entry = {"prompts": prompts, "seeds": seeds, "pre_hits": pre.tolist(), "original_hits": original.tolist()}
         metrics[f"robust/pre_asr/{name}"] = 100.0 * pre.double().mean().item()
@@ -164,6 +168,7 @@ def run(ctx, model, backbones, reference: Path | None, reference_metrics: dict |
                 curve.append({"iteration": prefix.iteration, "asr": 100.0 * success.double().mean().item(), "loss": prefix.loss})
                 last = (shown, typed)
             save_images(root / name / kind, last[0], last[1], seeds)
+            grid.append(uint8(last[0][:GRID_COLUMNS]))
             metrics[f"robust/asr_{kind}/{name}"] = curve[-1]["asr"]
             metrics[f"se/robust/asr_{kind}/{name}"] = U.proportion_se(success.numpy())
             entry[kind] = {"curve": curve, "hits": success.tolist(), **({"found_prompts": last[1]} if kind == "discrete" else {})}
@@ -181,6 +186,8 @@ def run(ctx, model, backbones, reference: Path | None, reference_metrics: dict |
     for key in ("pre_asr", "asr_soft", "asr_discrete", "relearn_steps"):
         values = [metrics[f"robust/{key}/{c.name}"] for c in ctx.erase]
         metrics[f"robust/{key}/erased"] = sum(values) / len(values)
+    # per erased concept, three rows of its first prompts: plain, soft prefix, discrete prefix
+    save_grid(torch.cat(grid), min(GRID_COLUMNS, len(grid[0])), ctx.folder / "robustness.png")
     if rb.neighbours:
         metrics.update(_neighbours(ctx, model, backbones, domain, reference, record))
     record["seconds"] = time.perf_counter() - started
