@@ -8,7 +8,9 @@
 - samples_<concept>: rows = methods, columns = the concept's first prompts with their fixed
   seeds (the same images in every cell, so rows compare directly): the teaser figure;
 - recovery: FID vs fine-tuning steps per pruning ratio and loss, for cells run with
-  eval.recovery_steps (the budget figure).
+  eval.recovery_steps (the budget figure);
+- attack_vs_quality: ASR under the soft prefix attack (and Pre-ASR) vs FID per erasing cell,
+  for cells probed with eval.robustness (harness/robustness).
 Each as PNG and PDF under <out_dir>/analysis/<sweep>/, logged to the sweep's parent run."""
 
 from __future__ import annotations
@@ -183,6 +185,35 @@ def recovery_curves(study: Study, client):
     return fig
 
 
+def attack_vs_quality(study: Study):
+    """ASR under the soft prefix attack against FID, one point per probed erasing cell, colour
+    by method; a thin line from each cell's Pre-ASR (open marker) to its ASR shows how much of
+    the erased concept the attack brings back. None where no cell was probed."""
+    by_id = {r.cell: r for r in study.records}
+    points = []
+    for r in study.completed:
+        fid = r.metrics.get("fid")
+        pre, asr = cell_value(r, "robust/pre_asr_erased", by_id), cell_value(r, "robust/asr_soft_erased", by_id)
+        if None not in (fid, pre, asr):
+            points.append((r, fid, pre, asr))
+    if not points:
+        return None
+    colours = _colours({r.label: order(r) for r, *_ in points})
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for label, colour in colours.items():
+        mine = [(f, p, a) for r, f, p, a in points if r.label == label]
+        for f, p, a in mine:
+            ax.plot([f, f], [p, a], color=colour, lw=0.8, alpha=0.6)
+        ax.scatter([f for f, _, _ in mine], [p for _, p, _ in mine], facecolors="none", edgecolors=[colour], s=24)
+        ax.scatter([f for f, _, _ in mine], [a for _, _, a in mine], color=colour, label=label, s=28)
+    ax.set_xlabel("FID ↓ (neutral prompts)")
+    ax.set_ylabel("% of erased-concept prompts showing it ↓\n(open: no attack; filled: soft prefix attack)")
+    ax.set_title(f"Erased or only hidden: {study.name}", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, dest: Path, name: str) -> list[Path]:
     """A figure as PNG and PDF under `dest`, closed; the paths written."""
     paths = []
@@ -195,7 +226,8 @@ def save(fig, dest: Path, name: str) -> list[Path]:
 
 def make_all(study: Study, dest: Path) -> list[Path]:
     client = client_for(study.tracking_uri)
-    figures = [("quality_vs_suppression", quality_vs_suppression(study)), ("training_curves", training_curves(study, client)),
+    figures = [("quality_vs_suppression", quality_vs_suppression(study)), ("attack_vs_quality", attack_vs_quality(study)),
+               ("training_curves", training_curves(study, client)),
                *sample_grids(study, client), ("recovery", recovery_curves(study, client))]
     dest.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -50,6 +50,15 @@ def test_a_prefix_that_does_not_fit_the_text_encoder_fails_in_one_line(tiny_part
     fails_in_one_line(["method=two_stage", "eval.robustness.objective=nope"], tmp_path, capsys, "eval.robustness.objective='nope'", "p4d")
 
 
+def test_a_tuning_study_may_optimise_a_probe_when_the_probes_are_on(tmp_path, capsys):
+    from harness.tune.spec import parse
+
+    study = ["sweep=tune_two_stage_esd", "~tune.objectives", "+tune.objectives={fid:minimize,robust/asr_soft/erased:minimize}"]
+    spec = parse(compose([*study, "eval.robustness.enabled=true", "eval.backbone=world"], tmp_path))
+    assert [m for m, _ in spec.objectives] == ["fid", "robust/asr_soft/erased"]
+    fails_in_one_line(["-m", *study], tmp_path, capsys, "tune.objectives.robust/asr_soft/erased", "a metric this sweep's cells report")
+
+
 def test_the_simplex_projection_is_the_euclidean_one():
     from harness.robustness.attack import project_to_simplex
 
@@ -115,15 +124,23 @@ def test_probes_are_added_to_a_finished_cell_without_training_and_kept_until_the
     them; asked again, nothing runs; at another budget, they run again (also from
     `python -m harness.robustness`). A cell that trains with probes on has them from its own
     evaluation."""
+    from types import SimpleNamespace
+
     import mlflow
 
+    from analysis.figures import attack_vs_quality
     from harness.cell import Cell
+    from harness.record import from_cells
+    from harness.render import markdown
     from harness.runner import run_cell
+    from harness.summary import overview
 
     base = ["method=two_stage", "eval.backbone=world", "eval.concept_prompts=4"]
     cfg = compose(base, tmp_path)
     plain = run_cell(cfg)
     assert not any(k.startswith("robust/") for k in plain["metrics"]) and "robustness" not in plain
+    unprobed = from_cells([Cell(cfg)])
+    assert attack_vs_quality(SimpleNamespace(records=unprobed, completed=unprobed, name="plain")) is None
     cell = Cell(cfg)
     probed_cfg = compose([*base, *ROBUST], tmp_path)
     assert Cell(probed_cfg).id == cell.id
@@ -150,12 +167,13 @@ def test_probes_are_added_to_a_finished_cell_without_training_and_kept_until_the
               if r.data.tags.get("harness.cell_id") == cell.id]
     assert run.data.metrics["robust/asr_soft/stripes"] == pytest.approx(robust["robust/asr_soft/stripes"])
 
-    from harness.record import from_cells
-    from harness.render import markdown
-    from harness.summary import overview
-
     table = markdown(overview(from_cells([cell, Cell(probed_cfg)])))
     assert all(c in table for c in ("Pre-ASR", "ASR soft", "ASR discrete", "relearn steps", "neighbours kept %")), table
+    records = from_cells([cell])
+    figure = attack_vs_quality(SimpleNamespace(records=records, completed=records, name="probed"))
+    (ax,) = figure.axes
+    assert [c.get_offsets().tolist() for c in ax.collections] == [[[probed["metrics"]["fid"], robust["robust/pre_asr/stripes"]]],
+                                                                 [[probed["metrics"]["fid"], robust["robust/asr_soft/stripes"]]]]
 
     again = run_cell(probed_cfg)
     assert again == probed and len(cell.metric_lines()) == lines + 1
@@ -178,3 +196,23 @@ def test_probes_are_added_to_a_finished_cell_without_training_and_kept_until_the
             main(["--out-dir", str(tmp_path), *bad])
         err = capsys.readouterr().err.strip().splitlines()
         assert exit_info.value.code == 2 and len(err) == 1 and wanted in err[0], err
+
+
+def test_on_the_shipped_teacher_the_probes_find_the_concept_it_draws(tmp_path):
+    """No erasure (the world's teacher itself as the probed model): the concept prompts' images
+    show the concept (Pre-ASR near the teacher's presence, ~99% at DDIM 20), the attacks keep
+    them, relearning has nothing to do, and the neighbours are all kept (their reference is the
+    same model)."""
+    from harness import robustness
+    from harness.context import build_context
+    from harness.evaluation import metric_backbones
+
+    cfg = compose(["method=two_stage", "eval.backbone=world", "eval.sample_steps=20", *ROBUST, "eval.robustness.prompts=8"], tmp_path)
+    (tmp_path / "cell").mkdir()
+    ctx = build_context(cfg, tmp_path / "cell", lambda dep: None)
+    metrics, info = robustness.run(ctx, ctx.teacher, metric_backbones(cfg.eval, ctx.device), None, None)
+    assert metrics["robust/pre_asr/stripes"] >= 75, metrics
+    assert metrics["robust/asr_soft/stripes"] >= metrics["robust/pre_asr/stripes"]
+    assert metrics["robust/relearn_steps/stripes"] == 0 and metrics["robust/relearned/stripes"] == 1
+    assert metrics["robust/neighbour_retention"] == 100.0
+    assert info["robustness"]["budget"]["prompts"] == 8

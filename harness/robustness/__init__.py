@@ -40,6 +40,7 @@ from harness.sampling import sample
 
 CONCEPT_SEED_OFFSET = 50_000  # image_eval's offset for concept prompts: the probe's images are the cell's
 GRID_COLUMNS = 8
+PER_CONCEPT = ("pre_asr", "asr_soft", "asr_discrete", "relearn_steps")  # robust/<name>/<concept>, and /erased: their mean
 
 
 def attack_configs(rb, seed: int) -> dict[str, AttackConfig]:
@@ -183,7 +184,7 @@ def run(ctx, model, backbones, reference: Path | None, reference_metrics: dict |
         entry["relearn"] = {"target": target, "target_from": target_from, "within": float(rb.relearn_within),
                             "curve": back.curve, "back": back.back, "images": n}
         record["concepts"][name] = entry
-    for key in ("pre_asr", "asr_soft", "asr_discrete", "relearn_steps"):
+    for key in PER_CONCEPT:
         values = [metrics[f"robust/{key}/{c.name}"] for c in ctx.erase]
         metrics[f"robust/{key}/erased"] = sum(values) / len(values)
     # per erased concept, three rows of its first prompts: plain, soft prefix, discrete prefix

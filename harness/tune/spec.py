@@ -17,7 +17,8 @@
                         # (single-objective studies only: Optuna cannot prune multi-objective ones)
 
 Objective and constraint metrics are a cell's metrics (results.json), or `presence/erased`,
-`presence/retained` (means over the concept set's erased / retained styles)."""
+`presence/retained` (means over the concept set's erased / retained styles); with
+`eval.robustness.enabled=true`, the probes' (`robust/asr_soft/erased`, ...: harness/robustness)."""
 
 from __future__ import annotations
 
@@ -104,6 +105,12 @@ def known_metrics(cfg: DictConfig) -> set[str]:
     if image:
         out |= {"fid", "clip_score", "cmmd"} | {f"{m}/{n}" for m in ("presence", "clip_concept", "csd", "cp") for n in names}
         out |= set(AGGREGATES)
+    from harness import robustness
+
+    if robustness.wanted(cfg):  # eval.robustness: a trial's cell is probed when it ends
+        out |= {f"robust/{m}/{n}" for m in robustness.PER_CONCEPT for n in [*(c.name for c in erase), "erased"]}
+        if cfg.eval.robustness.neighbours:
+            out.add("robust/neighbour_retention")
     return out
 
 
