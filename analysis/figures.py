@@ -50,6 +50,16 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
+def _against_fid(fig, ax, ylabel: str, title: str):
+    """The axes of a figure with FID on x: labels, title, legend, layout."""
+    ax.set_xlabel("FID ↓ (neutral prompts)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
 def quality_vs_suppression(study: Study):
     cells = [r for r in study.completed if r.prunes]  # the erasing cells and the un-erased student
     by_id = {r.cell: r for r in study.records}
@@ -68,12 +78,7 @@ def quality_vs_suppression(study: Study):
     front = pareto_front([(f, c) for _, f, c in points])
     ax.plot([f for f, _ in front], [c for _, c in front], "k--", lw=1, label="Pareto front")
     ax.scatter([f for f, _ in front], [c for _, c in front], facecolors="none", edgecolors="k", s=80, lw=1)
-    ax.set_xlabel("FID ↓ (neutral prompts)")
-    ax.set_ylabel("CSD to the distilled model ↓ (erased concepts)")
-    ax.set_title(f"Quality vs suppression: {study.name}", fontsize=10)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    return fig
+    return _against_fid(fig, ax, "CSD to the distilled model ↓ (erased concepts)", f"Quality vs suppression: {study.name}")
 
 
 def _history(client, run_id: str, key: str) -> dict[int, float]:
@@ -206,12 +211,8 @@ def attack_vs_quality(study: Study):
             ax.plot([f, f], [p, a], color=colour, lw=0.8, alpha=0.6)
         ax.scatter([f for f, _, _ in mine], [p for _, p, _ in mine], facecolors="none", edgecolors=[colour], s=24)
         ax.scatter([f for f, _, _ in mine], [a for _, _, a in mine], color=colour, label=label, s=28)
-    ax.set_xlabel("FID ↓ (neutral prompts)")
-    ax.set_ylabel("% of erased-concept prompts showing it ↓\n(open: no attack; filled: soft prefix attack)")
-    ax.set_title(f"Erased or only hidden: {study.name}", fontsize=10)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    return fig
+    return _against_fid(fig, ax, "% of erased-concept prompts showing it ↓\n(open: no attack; filled: soft prefix attack)",
+                        f"Erased or only hidden: {study.name}")
 
 
 def save(fig, dest: Path, name: str) -> list[Path]:

@@ -12,7 +12,7 @@ CASES = {
     "unknown eraser": (["method=two_stage", "eraser=nope"], "eraser=nope", "concept_ablation, esd"),
     "unknown concept set": (["concepts=nope"], "concepts=nope", "stripes"),
     "unknown concept": (["method=bilevel", "concepts.erase=[nope]"], "concepts.erase='nope'", "stripes, checker"),
-    "unknown sweep": (["-m", "sweep=nope"], "sweep=nope", "paper_table, paper_table_seeds, propagation, recovery, smoke"),
+    "unknown sweep": (["-m", "sweep=nope"], "sweep=nope", "paper_table, paper_table_robust, paper_table_seeds, propagation, recovery, smoke"),
     "recovery step past training": (["eval.recovery_steps=[10,999]"], "eval.recovery_steps=[10, 999]", "steps between 1 and 300"),
     "recovery of the teacher": (["method=teacher", "eval.recovery_steps=[5]"], "eval.recovery_steps=[5]", "teacher trains nothing"),
     "unknown model": (["model=nope"], "model=nope", "sd21, tiny"),

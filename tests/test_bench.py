@@ -82,7 +82,8 @@ def test_peak_memory_sees_an_allocation_inside():
 
 def test_cpu_sections_run_and_write_json_and_markdown(tmp_path):
     dest = tmp_path / "bench"
-    proc = run_cli(["harness.bench", *TINY_BENCH, "--dest", str(dest), *SMALL_WORLD, *SMALL], timeout=900)
+    probes = ["eval.robustness.prompts=2", "eval.robustness.iterations=[1,2]", "eval.robustness.relearn_steps=2"]
+    proc = run_cli(["harness.bench", *TINY_BENCH, "--dest", str(dest), *SMALL_WORLD, *SMALL, *probes], timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((dest / "cpu.json").read_text())
     t = result["training"]
@@ -112,8 +113,12 @@ def test_cpu_sections_run_and_write_json_and_markdown(tmp_path):
     assert parts["process start + imports"] > 1  # torch and diffusers alone take seconds
     assert cell["fixed_s"] == pytest.approx(cell["wall_s"] - cell["training_s"] - cell["evaluation_s"])
     assert result["machine"]["torch"] == torch.__version__ and result["machine"]["cpu_count"] >= 1
+    probed = result["robustness"]
+    assert probed["budget"]["prompts"] == 2 and probed["budget"]["iterations"] == [1, 2]  # the probes' overrides reach the probe
+    assert probed["training_s"] > 0 and probed["probe_s"] > 0 and probed["probe_vs_training"] == pytest.approx(probed["probe_s"] / probed["training_s"])
+    assert [i for i, _ in probed["curves"]["stripes"]["soft"]] == [1, 2]
     md = (dest / "cpu.md").read_text()
-    assert "harness distill step / hand-written loop" in md and "Per-cell overhead" in md
+    assert "harness distill step / hand-written loop" in md and "Per-cell overhead" in md and "Robustness probes: ASR" in md
 
 
 def test_gpu_mode_runs_at_toy_size_on_the_cpu(tmp_path):
@@ -143,7 +148,7 @@ def test_the_sd21_architecture_is_the_published_one():
 
 @pytest.mark.parametrize("args, message", [
     (["--gpu", "--device", "cuda"], "--device=cuda asks for a GPU and torch sees none"),
-    (["--sections", "training,nope"], "--sections=nope is not accepted: any of training, evaluation, cell"),
+    (["--sections", "training,nope"], "--sections=nope is not accepted: any of training, evaluation, cell, robustness"),
     (["finetune.batch_size=abc"], "finetune.batch_size"),
 ])
 def test_bad_requests_fail_in_one_line(args, message, tmp_path):

@@ -21,7 +21,7 @@ import torch
 
 # The embedded default at paper_table's scale (sweeps/paper_table.yaml).
 PAPER_TABLE = ["finetune.batch_size=16", "finetune.steps=150", "eraser.steps=40", "eraser.sampler_steps=10", "pruning.ratio=0.05"]
-SECTIONS = ("training", "evaluation", "cell")
+SECTIONS = ("training", "evaluation", "cell", "robustness")
 
 
 def parse(argv):
@@ -113,6 +113,10 @@ def main(argv=None) -> int:
                 if "cell" in sections:
                     say("per-cell overhead: the smoke sweep's baseline cell, in fresh processes")
                     result["cell"] = cell_overhead.run([*cell_overhead.smoke_cell(), *args.overrides], args.cell_repeats, say)
+                if "robustness" in sections:  # the probes' cost beside the probed cell's training
+                    from harness.bench import probes
+
+                    result["robustness"] = probes.run([*PAPER_TABLE, *args.overrides], say)
     except (ConfigError, MissingInputError) as exc:
         return fail(str(exc))
     result["seconds"] = time.perf_counter() - t0

@@ -89,6 +89,21 @@ def cell_tables(c: dict) -> list[Table]:
                   [Column("part", "what"), Column("seconds", "s"), Column("share of the cell", "share")], rows)]
 
 
+def probe_tables(r: dict) -> list[Table]:
+    b = r["budget"]
+    cost = [{"what": "training (the cell's stages and its reference cell's)", "s": r["training_s"], "share": 1.0},
+            {"what": "robustness probes (their own seconds)", "s": r["probe_s"], "share": r["probe_vs_training"]},
+            {"what": "  the probing process, wall (with start-up)", "s": r["probe_wall_s"], "share": r["probe_wall_s"] / r["training_s"]}]
+    rows = [{"concept": name, "kind": kind, **{f"i{i}": asr for i, asr in curve}}
+            for name, kinds in r["curves"].items() for kind, curve in kinds.items()]
+    iterations = b["iterations"]
+    return [Table(f"Robustness probes: cost beside training (`python -m harness {' '.join(r['cell'])}`; {b['prompts']} prompts, "
+                  f"k = {b['tokens']}, {b['objective']}, relearning ≤ {b['relearn']['steps']} steps)",
+                  [Column("part", "what"), Column("seconds", "s"), Column("share of training", "share")], cost),
+            Table("Robustness probes: ASR (%) after each attack budget (cumulative; flat at the end = the budget was enough)",
+                  [Column("concept", "concept"), Column("attack", "kind"), *[Column(f"{i} it.", f"i{i}") for i in iterations]], rows)]
+
+
 def gpu_tables(g: dict) -> list[Table]:
     m = g["mfu"]
     rows = [{"variant": k, "ips": v["images_per_s"], "tf": v["tflops_per_s"], "mfu": v["mfu"]} for k, v in m["variants"].items()]
@@ -111,4 +126,6 @@ def render(result: dict) -> str:
         tables += evaluation_tables(result["evaluation"])
     if "cell" in result:
         tables += cell_tables(result["cell"])
+    if "robustness" in result:
+        tables += probe_tables(result["robustness"])
     return "\n".join(lines + [markdown(t) for t in tables])
