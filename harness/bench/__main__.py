@@ -1,6 +1,7 @@
 """python -m harness.bench: what each method and the harness itself cost, measured side by side.
 
     python -m harness.bench                          # CPU, embedded default (about 8 min on 2 cores)
+    python -m harness.bench --sections robustness    # the robustness probes' cost beside training
     python -m harness.bench --sections training      # one section
     python -m harness.bench --gpu                    # SD 2.1-scale step on the GPU (under 5 min)
     python -m harness.bench ... finetune.batch_size=8  # Hydra overrides of the benchmarked config
