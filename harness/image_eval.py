@@ -38,6 +38,9 @@ def generate(ctx, model, folder: Path, prompts: list[str], seeds: list[int]) -> 
     return save_images(folder, torch.cat(chunks), prompts, seeds)
 
 
+CONCEPT_SEED_OFFSET = 50_000  # the concept sets' per-image seeds start here (the neutral set's at 0)
+
+
 def seeds_for(ev, n: int, offset: int = 0, training_seed: int = 0) -> list[int]:
     """Per-image seeds of an evaluation set: the same for every model of a training seed, so
     images pair up; another training seed draws other images (seed 0 keeps eval.seed's)."""
@@ -86,7 +89,7 @@ def image_metrics(ctx, model, backbones, concepts, reference: Path | None, root:
         prompts = evaluation_prompts(ctx, concept, ev.concept_prompts)
         k = len(prompts)
         folder = root / f"concept_{concept.name}"
-        seeds = seeds_for(ev, k, offset=50_000, training_seed=seed)
+        seeds = seeds_for(ev, k, offset=CONCEPT_SEED_OFFSET, training_seed=seed)
         images = generate(ctx, model, folder, prompts, seeds)
         clip_img, clip_txt = images.features(names["clip"], backbones.clip_images), backbones.clip_texts(prompts)
         to_prompt = 100 * per_image_cos(clip_img, clip_txt)

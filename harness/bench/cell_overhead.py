@@ -30,7 +30,7 @@ def smoke_cell() -> list[str]:
     return ["sweep=smoke", f"method={baseline_method().name}"]
 
 
-def _python(args: list[str], cwd: Path) -> float:
+def run_python(args: list[str], cwd: Path) -> float:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True)
@@ -43,7 +43,7 @@ def _python(args: list[str], cwd: Path) -> float:
 def run_cell(overrides: list[str], out: Path, tracking: bool, seed: int) -> dict:
     """Run one cell in a fresh process into `out`; the inside of its run from results.json."""
     before = set((out / "cells").glob("*/results.json")) if (out / "cells").is_dir() else set()
-    wall = _python(["-m", "harness", *overrides, f"out_dir={out}", f"seed={seed}", f"tracking.enabled={str(tracking).lower()}",
+    wall = run_python(["-m", "harness", *overrides, f"out_dir={out}", f"seed={seed}", f"tracking.enabled={str(tracking).lower()}",
                     "runtime.progress=false"], REPO)
     (path,) = set((out / "cells").glob("*/results.json")) - before
     timings = json.loads(path.read_text())["timings"]
@@ -88,7 +88,7 @@ def run(overrides: list[str] | None = None, repeats: int = 1, say=print) -> dict
         outs["tracking on"].mkdir()
         store = create_store(outs["tracking on"])
         for r in range(repeats):
-            imports.append(_python(["-c", "import harness.app, harness.runner, methods"], REPO))
+            imports.append(run_python(["-c", "import harness.app, harness.runner, methods"], REPO))
             for name in cells:
                 cells[name].append(run_cell(overrides, outs[name], tracking=name == "tracking on", seed=r))
                 say(f"  repeat {r + 1}/{repeats} cell, {name}: {cells[name][-1]['wall']:.1f} s")

@@ -113,7 +113,7 @@ def pool_images(ctx, model, folder: Path, prompts, seeds):
 
 
 def measure(args) -> dict:
-    from harness.image_eval import seeds_for
+    from harness.image_eval import CONCEPT_SEED_OFFSET, seeds_for
     from harness.metrics.world import WorldBackbones
 
     work = Path(args.work or tempfile.mkdtemp(prefix="harness-noise-"))
@@ -153,7 +153,7 @@ def measure(args) -> dict:
                 logits = backbones.style_logits(data.pixels[: args.concept_pool])
             else:
                 images, seconds = pool_images(ctx, model, work / "pools" / name.split()[0] / concept, c_prompts,
-                                              seeds_for(ev, args.concept_pool, offset=50_000, training_seed=1000))
+                                              seeds_for(ev, args.concept_pool, offset=CONCEPT_SEED_OFFSET, training_seed=1000))
                 logits = images.features(f"{names['style']}-logits", backbones.style_logits)
                 generated, gen_seconds = generated + len(c_prompts), gen_seconds + seconds
             entry["presence"][concept] = presence_noise(logits, backbones.concept_index(concept), args.concept_sizes)

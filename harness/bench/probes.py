@@ -15,7 +15,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from harness.bench.cell_overhead import REPO, _python
+from harness.bench.cell_overhead import REPO, run_python
 
 EVAL = ["eval.neutral_prompts=16", "eval.concept_prompts=32", "eval.reference_images=1024"]  # enough for the probes' references
 
@@ -41,12 +41,12 @@ def run(overrides: list[str], say=print) -> dict:
         method = probed_method()
         say(f"robustness: a {method} cell (and its reference cell), then its probes, in fresh processes")
         cell_args = [f"method={method}", *EVAL, *cell_args]
-        train_wall = _python(["-m", "harness", *cell_args, f"out_dir={out}", "tracking.enabled=false",
+        train_wall = run_python(["-m", "harness", *cell_args, f"out_dir={out}", "tracking.enabled=false",
                               "runtime.progress=false"], REPO)
         cells = {p.parent.name: json.loads(p.read_text()) for p in (out / "cells").glob("*/results.json")}
         (cell,) = [c for c, r in cells.items() if r["method"] == method]
         reference = cells[cells[cell]["depends_on"]]
-        probe_wall = _python(["-m", "harness.robustness", "--out-dir", str(out), cell, *probe_args], REPO)
+        probe_wall = run_python(["-m", "harness.robustness", "--out-dir", str(out), cell, *probe_args], REPO)
         record = json.loads((out / "cells" / cell / "robustness.json").read_text())
     training = _training_seconds(reference) + _training_seconds(cells[cell])
     curves = {name: {kind: [(p["iteration"], p["asr"]) for p in entry[kind]["curve"]] for kind in ("soft", "discrete")}

@@ -29,7 +29,7 @@ import torch
 
 from harness.concepts import DOMAINS
 from harness.files import write_atomic
-from harness.image_eval import evaluation_prompts, seeds_for
+from harness.image_eval import CONCEPT_SEED_OFFSET, evaluation_prompts, seeds_for  # the probe's images are the cell's
 from harness.imagesets import load_images, save_grid, save_images
 from harness.metrics import uncertainty as U
 from harness.metrics.similarity import concept_hits
@@ -38,7 +38,6 @@ from harness.robustness.prompts import decode_prefix, encode, prefixed_ids
 from harness.robustness.relearn import RelearnConfig, relearn
 from harness.sampling import sample
 
-CONCEPT_SEED_OFFSET = 50_000  # image_eval's offset for concept prompts: the probe's images are the cell's
 GRID_COLUMNS = 8
 PER_CONCEPT = ("pre_asr", "asr_soft", "asr_discrete", "relearn_steps")  # robust/<name>/<concept>, and /erased: their mean
 
