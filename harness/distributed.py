@@ -14,10 +14,12 @@ harness's), which is what averaging per-rank gradients computes."""
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -75,12 +77,30 @@ def setup(timeout_min: float = 60.0) -> World:
     return _WORLD
 
 
+def rendezvous_port(job_id: str, attempt: int) -> int:
+    """The job's rendezvous port, the same in each of its tasks: below the kernel's ephemeral
+    range, where the ports of outgoing connections (gloo's own among them) are drawn, since a
+    port taken there makes the rendezvous fail (submitit's default draws 20000-60000, mostly
+    inside it); a requeued attempt gets another one. CRC32, not hash(): hash() is salted per process."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    first = 20000 if low > 21000 else 1024
+    return first + zlib.crc32(f"{job_id}/{attempt}".encode()) % (low - first)
+
+
 def from_slurm_tasks() -> None:
-    """In a SLURM job with several tasks: the env:// variables from the job's own (rank = task)."""
+    """In a SLURM job with several tasks: the env:// variables from the job's own (rank = task).
+    MASTER_PORT set by the user wins."""
     import submitit
 
-    if submitit.JobEnvironment().num_tasks > 1:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    job = submitit.JobEnvironment()
+    if job.num_tasks > 1:
+        env = submitit.helpers.TorchDistributedEnvironment()  # reads a MASTER_PORT already set
+        if "MASTER_PORT" not in os.environ:
+            env.master_port = rendezvous_port(job.job_id, int(os.environ.get("SLURM_RESTART_COUNT", "0")))
+        env.export(set_cuda_visible_devices=False, overwrite=True)
 
 
 @contextmanager

@@ -3,6 +3,7 @@ adopting the jobs of an interrupted submission, and code snapshots."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -122,3 +123,50 @@ def test_the_requeue_race_ends_the_attempt_as_requeued_not_failed(tmp_path, monk
         attempt = json.loads(cell.path("environment.json").read_text())["attempts"][-1]
         assert attempt["ended"] == ended, (signalled, exc)
         assert cell.path("FAILED").exists() == (ended == "failed"), (signalled, exc)
+
+
+def test_a_job_that_died_without_a_marker_is_explained_by_its_tasks_logs(tmp_path):
+    """No FAILED marker (the process died before the cell's error handling): the failing rank's
+    own error line, not rank 0's echo of it, with the log's path."""
+    folder = tmp_path / "32_3"
+    folder.mkdir()
+    (folder / "32_3_0_log.err").write_text("RuntimeError: [gloo] Connection closed by peer\n")
+    (folder / "32_3_1_log.err").write_text(
+        "Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+        "torch.distributed.DistNetworkError: The server socket has failed to listen on any local network address.\n"
+        "submitit ERROR (2026-12-01 07:00:00,000) - Submitted job triggered an exception\n")
+    why = records.job_error(tmp_path / "%j", "32_3")
+    assert why.startswith("torch.distributed.DistNetworkError: The server socket") and "32_3_1_log.err" in why
+    (folder / "32_3_1_log.err").write_text("all fine\n")
+    assert records.job_error(tmp_path / "%j", "32_3").startswith("RuntimeError: [gloo]")
+    assert records.job_error(tmp_path / "%j", "33") is None
+
+
+def test_the_tasks_of_a_job_meet_on_one_port_outside_the_ephemeral_range(monkeypatch):
+    """Every task of a job derives the same rendezvous port from the job id; a requeued attempt
+    another; the port lies below the kernel's ephemeral range, where outgoing connections draw theirs."""
+    import submitit
+
+    from harness import distributed
+
+    low = 32768
+    with contextlib.suppress(OSError):
+        low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    ports = {distributed.rendezvous_port(f"32_{i}", a) for i in range(50) for a in range(2)}
+    assert len(ports) > 90 and all(1024 <= p < low for p in ports)
+    assert distributed.rendezvous_port("32_3", 0) == distributed.rendezvous_port("32_3", 0)
+    slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "40", "SLURM_ARRAY_JOB_ID": "32", "SLURM_ARRAY_TASK_ID": "3",
+             "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "1", "SLURM_NODEID": "0",
+             "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "localhost", "SLURM_RESTART_COUNT": "1"}
+    for key in ("MASTER_PORT", "MASTER_ADDR", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.setenv(key, "")  # recorded, so that what the export sets is removed afterwards
+        monkeypatch.delenv(key)
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    assert submitit.JobEnvironment().job_id == "32_3"
+    distributed.from_slurm_tasks()
+    assert os.environ["MASTER_PORT"] == str(distributed.rendezvous_port("32_3", 1))
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["MASTER_ADDR"]) == ("1", "2", "localhost")
+    monkeypatch.setenv("MASTER_PORT", "29555")  # the user's choice wins
+    distributed.from_slurm_tasks()
+    assert os.environ["MASTER_PORT"] == "29555"

@@ -31,6 +31,26 @@ ABANDON_AFTER_S = 120
 UNKNOWN_GRACE_S = 300
 
 
+# the line of a job's stderr that says why it failed: a traceback's last line, or the scheduler's
+_ERROR_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Interrupt|Exit)\b|^(srun|slurmstepd): error|Killed|Segmentation fault")
+
+
+def job_error(folder: str | Path, job: str) -> str | None:
+    """Why job `job` ended without its cell saying so (no FAILED marker: the process died before
+    the cell's own error handling, e.g. in the process group's rendezvous, or was killed): the
+    last error line of its tasks' stderr logs in submitit's `folder` (`%j`: the job id), with
+    that log's path."""
+    found = None
+    for log in sorted(Path(str(folder).replace("%j", job)).glob(f"{job}_*_log.err")):
+        lines = [l.strip() for l in log.read_text(errors="replace").splitlines() if l.strip()]
+        errors = [l for l in lines if _ERROR_LINE.search(l)]
+        if errors:
+            found = f"{errors[-1][:300]} ({log})"
+            if not log.name.startswith(f"{job}_0_"):  # another rank's own failure says more than rank 0's echo
+                break
+    return found
+
+
 def submissions_dir(out_dir: Path) -> Path:
     return Path(out_dir) / "slurm" / "submissions"
 

@@ -189,7 +189,8 @@ class HarnessSlurmLauncher(SlurmLauncher):
                 elif state in records.TERMINAL:
                     time.sleep(0.5)  # the marker is written before the job ends: look once more
                     if not cell.done:
-                        error = cell.path("FAILED").read_text().splitlines()[0] if cell.failed else f"job {job} {state}"
+                        error = (cell.path("FAILED").read_text().splitlines()[0] if cell.failed else f"job {job} {state}"
+                                 + (f": {why}" if (why := records.job_error(self.params["submitit_folder"], job)) else ""))
                         failed.append((cell, error))
                     del waiting[cid]
             if waiting:

@@ -7,7 +7,13 @@ Three parts, in order, each resumable from its checkpoint in <out>/.build/:
 1. world CLIP: contrastive text/image towers (the text tower becomes the diffusion text encoder);
 2. style descriptor: {plain, styles} classifier on degraded renders (the CSD analogue);
 3. teacher: the tiny UNet trained on the whole world (plain and every style), EMA weights.
-Every part trains through the harness's one loop (harness.trainer)."""
+Every part trains through the harness's one loop (harness.trainer).
+
+    python -m harness.world.build --only teacher --without stripes   # a floor teacher
+
+A floor teacher is the same recipe on a pool that never shows one style (its scenes are left
+out; the frozen text tower still knows the word): the model that never learned the concept,
+against which the robustness probes measure an erased one (`eval.robustness.floor`)."""
 
 from __future__ import annotations
 
@@ -66,9 +72,14 @@ SCALES = {
 }
 
 
-def world_pool(recipe: Recipe, resolution: int, n: int, stream: int) -> RenderedSet:
-    styles = (None, None, *STYLES)  # plain is 2 / (2 + #styles) of the pool
+def world_pool(recipe: Recipe, resolution: int, n: int, stream: int, without: str | None = None) -> RenderedSet:
+    styles = (None, None, *(s for s in STYLES if s != without))  # plain is 2 / (2 + #styles) of the pool
     return RenderedSet(sample_scenes(n, np.random.default_rng([recipe.seed, 100 + stream]), styles), resolution)
+
+
+def floor_file(style: str) -> str:
+    """The floor teacher's file name: the recipe without `style`'s scenes."""
+    return f"teacher_without_{style}.safetensors"
 
 
 def style_labels(dataset: RenderedSet) -> torch.Tensor:
@@ -219,7 +230,8 @@ def teacher_style_rate(parts, unet, style: StyleDescriptor, recipe: Recipe, guid
     return rates
 
 
-def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip", "style", "teacher")) -> dict:
+def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip", "style", "teacher"),
+          without: str | None = None) -> dict:
     from harness.models import build_parts
     from harness.models.tiny import tiny_config
 
@@ -230,13 +242,17 @@ def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip",
     parts = build_parts(cfg)
     alphas = parts.noise_scheduler.alphas_cumprod
     t0 = time.time()
-    pool = world_pool(recipe, cfg.resolution, recipe.pool, 0)
+    pool = world_pool(recipe, cfg.resolution, recipe.pool, 0, without)  # `without`: only the teacher trains on it
     heldout = world_pool(recipe, cfg.resolution, recipe.heldout, 1)
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    manifest.update(recipe=asdict(recipe), hardware={"device": str(device), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-                    "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None},
-                    torch=torch.__version__)
+    run = dict(recipe=asdict(recipe), hardware={"device": str(device), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+               "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None},
+               torch=torch.__version__)
+    if without:  # a floor keeps its own run record; the shipped models' stays
+        manifest.setdefault("floors", {})[without] = run
+    else:
+        manifest.update(run)
     log = lambda stage, step, values: print(json.dumps({"stage": stage, "step": step, **values}), flush=True)  # noqa: E731
 
     def write_manifest() -> None:  # after every part: an interrupted build keeps what it finished
@@ -266,19 +282,24 @@ def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip",
     manifest.setdefault("gates", {})["style_accuracy_heldout"] = style_accuracy(style, heldout)
     write_manifest()
 
+    teacher_file, teacher_work = (floor_file(without), f"teacher_without_{without}") if without else ("teacher.safetensors", "teacher")
     if "teacher" in parts_wanted:
         parts.text_encoder = clip.text_encoder  # the world CLIP's text tower, frozen
         parts.to(device)
         stage = TeacherStage(parts, pool, recipe)
-        timing = trainer.fit(stage, work / "teacher")
+        timing = trainer.fit(stage, work / teacher_work)
         state = {f"unet.{k}": v for k, v in stage.ema.state_dict().items()}
         state.update({f"text_encoder.{k}": v for k, v in parts.text_encoder.state_dict().items()})
-        write_via(out / "teacher.safetensors", lambda tmp: save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(tmp)))
-        manifest["teacher"] = {"steps": recipe.teacher_steps, "seconds": timing["seconds_total"]}
+        write_via(out / teacher_file, lambda tmp: save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(tmp)))
+        record = {"steps": recipe.teacher_steps, "seconds": timing["seconds_total"]}
+        if without:
+            manifest["floors"][without].update(record)
+        else:
+            manifest["teacher"] = record
         parts.to(torch.device("cpu"))
         teacher = stage.ema.cpu().eval()
-    elif (out / "teacher.safetensors").is_file():  # measure the gates of what was built
-        shipped = load_file(str(out / "teacher.safetensors"))
+    elif (out / teacher_file).is_file():  # measure the gates of what was built
+        shipped = load_file(str(out / teacher_file))
         parts.text_encoder = clip.text_encoder.cpu()
         parts.unet.load_state_dict({k[5:]: v for k, v in shipped.items() if k.startswith("unet.")})
         teacher = parts.unet.eval()
@@ -286,10 +307,14 @@ def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip",
         teacher = None
     if teacher is not None:
         rates = teacher_style_rate(parts, teacher, style, recipe, cfg.guidance)
-        manifest["gates"]["teacher_style_rate_sampler"] = {"sampler": "DDIM", "steps": recipe.gate_sampler_steps,
-                                                           "guidance": cfg.guidance, "samples_per_style": recipe.gate_samples_per_style}
-        manifest["gates"]["teacher_style_rate"] = rates
-        manifest["gates"]["teacher_style_rate_mean"] = float(np.mean(list(rates.values())))
+        sampler = {"sampler": "DDIM", "steps": recipe.gate_sampler_steps, "guidance": cfg.guidance,
+                   "samples_per_style": recipe.gate_samples_per_style}
+        if without:  # the left-out style's rate is the floor; the others say the recipe still worked
+            manifest["floors"][without].update(style_rate_sampler=sampler, style_rate=rates)
+        else:
+            manifest["gates"]["teacher_style_rate_sampler"] = sampler
+            manifest["gates"]["teacher_style_rate"] = rates
+            manifest["gates"]["teacher_style_rate_mean"] = float(np.mean(list(rates.values())))
     manifest["wall_seconds_last_build"] = time.time() - t0
     write_manifest()
     return manifest
@@ -302,6 +327,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--teacher-steps", type=int, default=None)
+    parser.add_argument("--without", default=None, metavar="STYLE",
+                        help=f"train a floor teacher that never sees STYLE (one of {', '.join(STYLES)}); needs --only teacher")
     parser.add_argument("--only", default="clip,style,teacher",
                         help="comma list of parts to (re)train: clip,style,teacher; empty: train nothing, measure the gates")
     args = parser.parse_args(argv)
@@ -313,8 +340,15 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"error: --only={args.only} is not accepted: a comma list of clip, style, teacher", file=sys.stderr)
         return 2
+    if args.without is not None and args.without not in STYLES:
+        print(f"error: --without={args.without} is not a world style: one of {', '.join(STYLES)}", file=sys.stderr)
+        return 2
+    if args.without is not None and wanted != ("teacher",):
+        print(f"error: --without={args.without} needs --only teacher (the towers are shared by every teacher), got --only={args.only}",
+              file=sys.stderr)
+        return 2
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device)
-    manifest = build(args.out, recipe, device, wanted)
+    manifest = build(args.out, recipe, device, wanted, args.without)
     print(json.dumps({"out": str(args.out), "gates": manifest.get("gates")}))
     return 0
 
