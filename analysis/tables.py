@@ -21,8 +21,8 @@ from analysis import paper
 from analysis.records import AnalysisError, Study
 from harness.record import Record, kernel_note, kernel_split
 from harness.render import Column, Mark, Table, latex, markdown, to_csv
-from harness.summary import (COST, FLOOR_LABEL, INTERVAL_NOTE, QUALITY, by_id_map, drop_empty, floor_record, group, order,
-                             overview, row_of, suppression, summarize, with_kernel)
+from harness.summary import (COST, FLOOR_LABEL, INTERVAL_NOTE, NEVER_LEARNED_LABEL, QUALITY, ROBUSTNESS, by_id_map, drop_empty,
+                             floor_record, group, never_learned, order, overview, row_of, suppression, summarize, with_kernel)
 
 # -- the tables ---------------------------------------------------------------------------
 def style_removal(records: list[Record], published: bool = False) -> list[Table]:
@@ -42,8 +42,11 @@ def style_removal(records: list[Record], published: bool = False) -> list[Table]
         views = [(f"{both} erased, averaged", concepts, "erased")] if len(concepts) > 1 else []
         views += [(f"{c} erased" if len(concepts) == 1 else f"{both} erased, {c}", (c,), "erased") for c in concepts]
         for view, erased, _ in views:
-            columns = [Column("method", "method"), Column("K", "K"), *suppression(), *QUALITY, Column("n", "n"), *COST]
+            columns = [Column("method", "method"), Column("K", "K"), *suppression(), *ROBUSTNESS, *QUALITY, Column("n", "n"), *COST]
             rows, reference = [], set()
+            if floors := never_learned(block):  # the robustness probes' floor: a model that never learned the concepts
+                reference.add(len(rows))
+                rows.append({**row_of(NEVER_LEARNED_LABEL, floors, columns, by_id, erased=erased, retained=retained), "K": None})
             for label, K, ks in keys:
                 members = settings[(label, K, ks)]
                 row = row_of(with_kernel(label, ks), members, columns, by_id, erased=erased, retained=retained)

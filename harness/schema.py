@@ -270,6 +270,8 @@ ROOT: dict = {
             "relearn_every": positive_int(),
             "relearn_lr": positive(),
             "relearn_within": non_negative(),
+            "floor": Bool(),
+            "floor_weights": PATH,
         },
     },
 }

@@ -80,6 +80,26 @@ def floor_record(teacher: Record) -> Record | None:
     return Record(teacher.cell + "-floor", "completed", teacher.params, metrics, teacher.run_id, None, teacher.kernel_set)
 
 
+NEVER_LEARNED_LABEL = "never learned (robustness floor)"
+
+
+def never_learned(records: list[Record]) -> list[Record]:
+    """The probes of the floor model (`robust/floor/*`: a model that never learned the erased
+    concepts, harness/robustness/floor.py) as records of their own, one per concept set, ratio
+    (relearning's target is the distilled model's) and seed: a reference row beside which an
+    eraser's ASR and relearning steps read as gone or only hidden."""
+    out: dict = {}
+    for r in records:
+        if r.state != "completed":
+            continue
+        metrics = {pre.replace("floor/", "") + k[len(pre):]: v for k, v in r.metrics.items()
+                   for pre in ("robust/floor/", "se/robust/floor/") if k.startswith(pre)}
+        if metrics:
+            out.setdefault((r.concepts, r.ratio, r.seed), Record(f"{r.cell}-never-learned", "completed", r.params, metrics, r.run_id,
+                                                                 None, r.kernel_set))
+    return list(out.values())
+
+
 def summarize(members: list[Record], key: str, by_id, **concepts):
     """A row's value: the mean over its completed cells, with the standard error of that mean.
     One cell: its evaluation noise. Several (seeds): the larger of the spread over them / √k
@@ -163,4 +183,12 @@ def overview(records: list[Record], per_cell: bool = False) -> Table:
         if not members[0].prunes:  # the unpruned teacher: a reference row, never bold
             reference.add(len(rows))
         rows.append(row)
-    return Table("All cells", drop_empty(columns, rows), rows, [INTERVAL_NOTE, kernel_note(records)], reference)
+    for (concepts, ratio), floors in sorted(group(never_learned(records), lambda r: (r.concepts, r.ratio)).items()):
+        reference.add(len(rows))
+        rows.append({**row_of(NEVER_LEARNED_LABEL, floors, columns, by_id), "concepts": "+".join(concepts), "ratio": ratio,
+                     "K": None, "cells": " ".join(f.cell.removesuffix("-never-learned") for f in floors)})
+    notes = [INTERVAL_NOTE, kernel_note(records)]
+    if any(r["method"] == NEVER_LEARNED_LABEL for r in rows):
+        notes.append(f"{NEVER_LEARNED_LABEL}: the probes of a model that never learned the concept (same prompts, seeds and "
+                     "budget; relearning to the same target): where an eraser's ASR and relearn steps sit at it, the concept is gone.")
+    return Table("All cells", drop_empty(columns, rows), rows, notes, reference)

@@ -113,6 +113,10 @@ def _robustness(cfg: DictConfig) -> None:
         raise ConfigError("eval.robustness.enabled", True, "false with eval.backbone=none (the probes detect concepts in images)")
     if not rb.iterations:
         raise ConfigError("eval.robustness.iterations", list(rb.iterations), "a non-empty list of attack iterations")
+    if rb.floor:
+        from harness.robustness import floor
+
+        floor.check(cfg)
     encoder = cfg.model.get("text_encoder")
     if cfg.data.domain == "world" and encoder is not None:
         name = next(iter(concepts.DOMAINS["world"]))

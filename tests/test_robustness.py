@@ -216,3 +216,61 @@ def test_on_the_shipped_teacher_the_probes_find_the_concept_it_draws(tmp_path):
     assert metrics["robust/relearn_steps/stripes"] == 0 and metrics["robust/relearned/stripes"] == 1
     assert metrics["robust/neighbour_retention"] == 100.0
     assert info["robustness"]["budget"]["prompts"] == 8
+
+
+@pytest.fixture(scope="module")
+def tiny_floor(tmp_path_factory):
+    """A floor teacher without stripes at the recipe's smoke scale, beside the shipped towers
+    (its values do not matter here: the plumbing does)."""
+    import shutil
+
+    from harness.world import WEIGHTS
+    from harness.world.build import main as build
+
+    out = tmp_path_factory.mktemp("floor")
+    for name in ("world_clip.safetensors", "style_descriptor.safetensors"):
+        shutil.copy(WEIGHTS / name, out / name)
+    assert build(["--scale", "tiny", "--out", str(out), "--only", "teacher", "--without", "stripes"]) == 0
+    return out
+
+
+def test_the_floor_is_probed_once_per_out_dir_and_shown_as_a_reference_row(tiny_floor, tmp_path, capsys):
+    """eval.robustness.floor: the same probes on a model that never learned the concept, under
+    robust/floor/; a second cell of the same seed reads the first one's measurement back; the
+    tables show it as a reference row. A floor that is missing, or asked at real scale, fails
+    in one line before anything runs."""
+    from omegaconf import OmegaConf
+
+    from harness.cell import Cell
+    from harness.errors import ConfigError
+    from harness.record import from_cells
+    from harness.render import markdown
+    from harness.robustness import floor
+    from harness.runner import run_cell
+    from harness.summary import NEVER_LEARNED_LABEL, overview
+
+    probes = ["eval.backbone=world", "eval.concept_prompts=4", *ROBUST, "eval.robustness.neighbours=false",
+              "eval.robustness.floor=true", f"eval.robustness.floor_weights={tiny_floor}"]
+    first = run_cell(compose(["method=two_stage", *probes], tmp_path))
+    values = {k: v for k, v in first["metrics"].items() if k.startswith("robust/floor/")}
+    assert {f"robust/floor/{k}/stripes" for k in ("pre_asr", "asr_soft", "asr_discrete", "relearn_steps")} <= values.keys()
+    assert first["robustness"]["budget"]["floor"] is True
+    cells = [Cell(compose(["method=two_stage", *probes], tmp_path))]
+    entry = json.loads(cells[0].path("robustness.json").read_text())["concepts"]["stripes"]["floor"]
+    assert entry["measured_in"] == cells[0].id and entry["weights"].endswith("teacher_without_stripes.safetensors")
+    second = run_cell(compose(["method=two_stage", "eraser=concept_ablation", *probes], tmp_path))
+    cells.append(Cell(compose(["method=two_stage", "eraser=concept_ablation", *probes], tmp_path)))
+    assert {k: v for k, v in second["metrics"].items() if k.startswith("robust/floor/")} == values
+    assert json.loads(cells[1].path("robustness.json").read_text())["concepts"]["stripes"]["floor"]["measured_in"] == cells[0].id
+
+    table = overview(from_cells(cells))
+    (row,) = [r for r in table.rows if r["method"] == NEVER_LEARNED_LABEL]
+    assert row["robust/asr_soft_erased"].mean == pytest.approx(values["robust/floor/asr_soft/stripes"])
+    assert NEVER_LEARNED_LABEL in markdown(table)
+
+    fails_in_one_line(["method=two_stage", *probes, f"eval.robustness.floor_weights={tmp_path / 'nowhere'}"], tmp_path, capsys,
+                      "teacher_without_stripes.safetensors", "--without stripes")
+    real = OmegaConf.create({"data": {"domain": "artists", "name": "coco"}, "concepts": {"erase": ["van_gogh"]},
+                             "eval": {"robustness": {"floor": True}}})
+    with pytest.raises(ConfigError, match="Concept World only"):
+        floor.check(real)

@@ -33,6 +33,7 @@ from harness.image_eval import CONCEPT_SEED_OFFSET, evaluation_prompts, seeds_fo
 from harness.imagesets import load_images, save_grid, save_images
 from harness.metrics import uncertainty as U
 from harness.metrics.similarity import concept_hits
+from harness.robustness import floor
 from harness.robustness.attack import KINDS, AttackConfig, attack
 from harness.robustness.prompts import decode_prefix, encode, prefixed_ids
 from harness.robustness.relearn import RelearnConfig, relearn
@@ -88,7 +89,7 @@ def budget(cfg) -> dict:
     rb = cfg.eval.robustness
     return {"prompts": int(rb.prompts), "tokens": int(rb.tokens), "objective": str(rb.objective),
             "iterations": sorted(int(i) for i in rb.iterations), "lr": float(rb.lr), "weight_decay": float(rb.weight_decay),
-            "neighbours": bool(rb.neighbours), "relearn": vars(relearn_config(rb, int(cfg.seed))),
+            "neighbours": bool(rb.neighbours), "floor": bool(rb.floor), "relearn": vars(relearn_config(rb, int(cfg.seed))),
             "sample_steps": int(cfg.eval.sample_steps), "sampler": str(cfg.eval.sampler)}
 
 
@@ -108,6 +109,8 @@ def work(cfg) -> tuple[int, int]:
     checks = 2 * len(rb.iterations) + int(rb.relearn_steps) // int(rb.relearn_every) + 1
     images = erased * n * (2 + checks)
     forwards = erased * 3 * (2 * n * max(int(i) for i in rb.iterations) + int(rb.relearn_steps) * int(rb.relearn_images))
+    if rb.floor:  # the floor model's own probes (measured once per out_dir; counted here as if every cell did)
+        images, forwards = images + erased * n * (1 + checks), 2 * forwards
     if rb.neighbours:
         images += 2 * n * (len(registry.DOMAINS[cfg.data.domain]) - erased)
     return images, forwards
@@ -141,51 +144,17 @@ def run(ctx, model, backbones, reference: Path | None, reference_metrics: dict |
     metrics, record, grid = {}, {"concepts": {}}, []
     model.eval()
     for ci, concept in enumerate(ctx.erase):
-        prompts = evaluation_prompts(ctx, concept, int(rb.prompts))
-        seeds = seeds_for(ev, len(prompts), offset=CONCEPT_SEED_OFFSET, training_seed=seed)
-        images = _Images(ctx, seeds)
-        hits = lambda pixels, c=concept: concept_hits(backbones, uint8(pixels), c, domain).cpu()  # noqa: E731
-        x0 = images(ctx.teacher, prompts, latent=True)  # the original model's images: what the attack reconstructs
-        original = hits(parts.decode(x0).cpu())
-        plain_images = images(model, prompts)
-        pre = hits(plain_images)
-        grid.append(uint8(plain_images[:GRID_COLUMNS]))
-        name = concept.name
-        entry = {"prompts": prompts, "seeds": seeds, "pre_hits": pre.tolist(), "original_hits": original.tolist()}
-        metrics[f"robust/pre_asr/{name}"] = 100.0 * pre.double().mean().item()
-        metrics[f"se/robust/pre_asr/{name}"] = U.proportion_se(pre.numpy())
-        for kind, cfg in attack_configs(rb, seed * 1_000 + ci).items():
-            success, curve, last = pre.clone(), [], None
-            for prefix in attack(parts, model, ctx.teacher, prompts, x0, cfg):
-                if kind == "soft":
-                    with torch.no_grad():
-                        cond = encode(parts, prefixed_ids(parts.tokenizer, prompts, cfg.tokens), prefix.embeddings)
-                    shown, typed = images(model, prompts, cond=cond), [f"<{cfg.tokens} soft tokens> {p}" for p in prompts]
-                else:
-                    typed = [decode_prefix(parts.tokenizer, prefix.tokens[b], p) for b, p in enumerate(prompts)]
-                    shown = images(model, typed)  # the typed prompt, tokenised as a user's would be
-                success |= hits(shown)
-                curve.append({"iteration": prefix.iteration, "asr": 100.0 * success.double().mean().item(), "loss": prefix.loss})
-                last = (shown, typed)
-            save_images(root / name / kind, last[0], last[1], seeds)
-            grid.append(uint8(last[0][:GRID_COLUMNS]))
-            metrics[f"robust/asr_{kind}/{name}"] = curve[-1]["asr"]
-            metrics[f"se/robust/asr_{kind}/{name}"] = U.proportion_se(success.numpy())
-            entry[kind] = {"curve": curve, "hits": success.tolist(), **({"found_prompts": last[1]} if kind == "discrete" else {})}
-        target, target_from = _relearn_target(reference_metrics, name, original)
-        data = ctx.data.heldout_concept(concept)
-        n = min(int(rb.relearn_images), len(data))
-        items = [data[i] for i in range(n)]
-        back = relearn(parts, model, torch.stack([it["image"] for it in items]), [it["caption"] for it in items],
-                       lambda m: 100.0 * hits(images(m, prompts)).double().mean().item(), target, relearn_config(rb, seed))
-        metrics[f"robust/relearn_steps/{name}"] = float(back.steps)
-        metrics[f"robust/relearned/{name}"] = float(back.back)
-        entry["relearn"] = {"target": target, "target_from": target_from, "within": float(rb.relearn_within),
-                            "curve": back.curve, "back": back.back, "images": n}
-        record["concepts"][name] = entry
+        values, entry, rows = probe_concept(ctx, model, concept, ci, backbones, domain, reference_metrics, root / concept.name)
+        metrics.update(values)
+        grid.extend(rows)
+        if rb.floor:
+            values, entry["floor"] = floor.probe(ctx, concept, ci, backbones, domain, reference_metrics)
+            metrics.update(values)
+        record["concepts"][concept.name] = entry
     for key in PER_CONCEPT:
-        values = [metrics[f"robust/{key}/{c.name}"] for c in ctx.erase]
-        metrics[f"robust/{key}/erased"] = sum(values) / len(values)
+        for stem in ("robust", "robust/floor") if rb.floor else ("robust",):
+            values = [metrics[f"{stem}/{key}/{c.name}"] for c in ctx.erase]
+            metrics[f"{stem}/{key}/erased"] = sum(values) / len(values)
     # per erased concept, three rows of its first prompts: plain, soft prefix, discrete prefix
     save_grid(torch.cat(grid), min(GRID_COLUMNS, len(grid[0])), ctx.folder / "robustness.png")
     if rb.neighbours:
@@ -196,6 +165,56 @@ def run(ctx, model, backbones, reference: Path | None, reference_metrics: dict |
     info = {"robustness": {"backbone": backbones.names["style"] if backbones.classifies_styles else f"{backbones.names['clip']} zero-shot",
                            "seconds": record["seconds"], "budget": record["budget"]}}
     return metrics, info
+
+
+def probe_concept(ctx, model, concept, ci: int, backbones, domain, reference_metrics: dict | None, folder: Path,
+                  stem: str = "robust") -> tuple[dict, dict, list]:
+    """Pre-ASR, both attacks and relearning of `model` for one erased concept (the `ci`-th):
+    (metrics under `stem`, the record's entry, the grid's rows); the attacked images are saved
+    under `folder`."""
+    rb, ev, parts, seed = ctx.cfg.eval.robustness, ctx.cfg.eval, ctx.parts, int(ctx.cfg.seed)
+    prompts = evaluation_prompts(ctx, concept, int(rb.prompts))
+    seeds = seeds_for(ev, len(prompts), offset=CONCEPT_SEED_OFFSET, training_seed=seed)
+    images = _Images(ctx, seeds)
+    hits = lambda pixels: concept_hits(backbones, uint8(pixels), concept, domain).cpu()  # noqa: E731
+    x0 = images(ctx.teacher, prompts, latent=True)  # the original model's images: what the attack reconstructs
+    original = hits(parts.decode(x0).cpu())
+    plain_images = images(model, prompts)
+    pre = hits(plain_images)
+    grid = [uint8(plain_images[:GRID_COLUMNS])]
+    name, metrics = concept.name, {}
+    entry = {"prompts": prompts, "seeds": seeds, "pre_hits": pre.tolist(), "original_hits": original.tolist()}
+    metrics[f"{stem}/pre_asr/{name}"] = 100.0 * pre.double().mean().item()
+    metrics[f"se/{stem}/pre_asr/{name}"] = U.proportion_se(pre.numpy())
+    for kind, cfg in attack_configs(rb, seed * 1_000 + ci).items():
+        success, curve, last = pre.clone(), [], None
+        for prefix in attack(parts, model, ctx.teacher, prompts, x0, cfg):
+            if kind == "soft":
+                with torch.no_grad():
+                    cond = encode(parts, prefixed_ids(parts.tokenizer, prompts, cfg.tokens), prefix.embeddings)
+                shown, typed = images(model, prompts, cond=cond), [f"<{cfg.tokens} soft tokens> {p}" for p in prompts]
+            else:
+                typed = [decode_prefix(parts.tokenizer, prefix.tokens[b], p) for b, p in enumerate(prompts)]
+                shown = images(model, typed)  # the typed prompt, tokenised as a user's would be
+            success |= hits(shown)
+            curve.append({"iteration": prefix.iteration, "asr": 100.0 * success.double().mean().item(), "loss": prefix.loss})
+            last = (shown, typed)
+        save_images(folder / kind, last[0], last[1], seeds)
+        grid.append(uint8(last[0][:GRID_COLUMNS]))
+        metrics[f"{stem}/asr_{kind}/{name}"] = curve[-1]["asr"]
+        metrics[f"se/{stem}/asr_{kind}/{name}"] = U.proportion_se(success.numpy())
+        entry[kind] = {"curve": curve, "hits": success.tolist(), **({"found_prompts": last[1]} if kind == "discrete" else {})}
+    target, target_from = _relearn_target(reference_metrics, name, original)
+    data = ctx.data.heldout_concept(concept)
+    n = min(int(rb.relearn_images), len(data))
+    items = [data[i] for i in range(n)]
+    back = relearn(parts, model, torch.stack([it["image"] for it in items]), [it["caption"] for it in items],
+                   lambda m: 100.0 * hits(images(m, prompts)).double().mean().item(), target, relearn_config(rb, seed))
+    metrics[f"{stem}/relearn_steps/{name}"] = float(back.steps)
+    metrics[f"{stem}/relearned/{name}"] = float(back.back)
+    entry["relearn"] = {"target": target, "target_from": target_from, "within": float(rb.relearn_within),
+                        "curve": back.curve, "back": back.back, "images": n}
+    return metrics, entry, grid
 
 
 def _relearn_target(reference_metrics: dict | None, name: str, original: torch.Tensor) -> tuple[float, str]:
