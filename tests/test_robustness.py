@@ -274,3 +274,27 @@ def test_the_floor_is_probed_once_per_out_dir_and_shown_as_a_reference_row(tiny_
                              "eval": {"robustness": {"floor": True}}})
     with pytest.raises(ConfigError, match="Concept World only"):
         floor.check(real)
+
+
+def test_a_weak_eraser_is_broken_by_the_attack_more_often_than_a_strong_one(tmp_path):
+    """ESD for 3 steps against ESD for 60, from the same distilled student: the weak one's
+    concept comes back under attack (and relearns sooner) more often than the strong one's:
+    beyond 2.58 standard errors of the difference for the soft attack, 1.96 for the discrete one
+    (binomial, 16 prompts each). Measured: ASR soft 56.2% against 0%, discrete 43.8% against
+    6.2% (each margin survives one prompt's verdict flipping), relearning 2 steps against none
+    within 10."""
+    import math
+
+    from harness.runner import run_cell
+
+    common = ["method=two_stage", "pruning.ratio=0.05", "eval.backbone=world", "eval.sample_steps=10", "eval.concept_prompts=16",
+              "eval.robustness.enabled=true", "eval.robustness.prompts=16", "eval.robustness.iterations=[10,20]",
+              "eval.robustness.relearn_steps=10", "eval.robustness.relearn_every=2", "eval.robustness.neighbours=false",
+              "eraser.batch_size=4", "eraser.sampler_steps=10"]
+    weak, strong = (run_cell(compose([*common, f"eraser.steps={steps}"], tmp_path))["metrics"] for steps in (3, 60))
+    assert weak["presence/stripes"] > strong["presence/stripes"]  # it is weaker by the plain measure too
+    for kind, z in (("soft", 2.58), ("discrete", 1.96)):
+        key = f"robust/asr_{kind}/stripes"
+        se = math.hypot(weak[f"se/{key}"], strong[f"se/{key}"])
+        assert weak[key] - strong[key] > z * se, (kind, weak[key], strong[key], se)
+    assert weak["robust/relearn_steps/stripes"] < strong["robust/relearn_steps/stripes"]
