@@ -6,7 +6,8 @@
   method, the Pareto front (lower is better on both) drawn through the non-dominated cells;
 - training_curves: lower- and upper-level losses per method (mean over its cells per step);
 - samples_<concept>: rows = methods, columns = the concept's first prompts with their fixed
-  seeds (the same images in every cell, so rows compare directly): the teaser figure;
+  seeds (the same images in every cell, so rows compare directly): the teaser figure; below a
+  probed cell's row, one per attack (soft and discrete prefix: the same prompts and seeds);
 - recovery: FID vs fine-tuning steps per pruning ratio and loss, for cells run with
   eval.recovery_steps (the budget figure);
 - attack_vs_quality: ASR under the soft prefix attack (and Pre-ASR) vs FID per erasing cell,
@@ -118,18 +119,25 @@ def training_curves(study: Study, client):
     return fig
 
 
-def _samples(client, record: Record, concept: str, dest: Path) -> list[tuple[str, Image.Image]]:
+def _samples(client, record: Record, artifact: str, dest: Path) -> list[tuple[str, Image.Image]]:
+    """(prompt, image) of a cell's logged sample set `artifact` (images/concept_<c>, or
+    images/robustness/<c>/<kind> for the attacked prompts); [] where the run has none."""
     try:
-        local = Path(client.download_artifacts(record.run_id, f"images/concept_{concept}", str(dest / record.cell)))
-    except Exception:  # a run from before samples were logged
+        local = Path(client.download_artifacts(record.run_id, artifact, str(dest / record.cell / artifact.replace("/", "_"))))
+    except Exception:  # a run from before samples were logged, or not probed
         return []
     lines = [json.loads(x) for x in (local / "prompts.jsonl").read_text().splitlines() if x.strip()]
     return [(x["prompt"], Image.open(local / x["file"]).convert("RGB")) for x in lines]
 
 
+ATTACKS = {"soft": "soft prefix attack", "discrete": "discrete attack"}
+
+
 def sample_grids(study: Study, client, columns: int = 6) -> list[tuple[str, object]]:
     """One figure per erased concept: a representative cell per method (lowest seed, lowest
-    ratio, then lowest K), its first prompts."""
+    ratio, then lowest K), its first prompts; below a probed cell's row, a row per attack
+    (eval.robustness) with the same prompts and seeds under the found prefix (the discrete
+    one's typed words under each image)."""
     out = []
     concepts = sorted({c for r in study.completed if r.erases for c in r.concepts})
     for concept in concepts:
@@ -138,23 +146,32 @@ def sample_grids(study: Study, client, columns: int = 6) -> list[tuple[str, obje
             if r.run_id and (not r.erases or concept in r.concepts):
                 picks.setdefault(r.label, r)
         labels = sorted(picks, key=lambda x: (order(picks[x]), x))
+        rows = []
         with tempfile.TemporaryDirectory() as tmp:
-            rows = [(label, _samples(client, picks[label], concept, Path(tmp))[:columns]) for label in labels]
-        rows = [(label, images) for label, images in rows if images]
+            for label in labels:
+                rows.append((label, _samples(client, picks[label], f"images/concept_{concept}", Path(tmp))[:columns], None))
+                if picks[label].erases and f"robust/asr_soft/{concept}" in picks[label].metrics:
+                    for kind, name in ATTACKS.items():
+                        attacked = _samples(client, picks[label], f"images/robustness/{concept}/{kind}", Path(tmp))[:columns]
+                        rows.append((f"{label}: {name}", attacked, kind))
+        rows = [(label, images, kind) for label, images, kind in rows if images]
         if not rows:
             continue
-        n = max(len(images) for _, images in rows)
-        fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n + 1.6, 1.35 * len(rows) + 0.6), squeeze=False)
-        for i, (label, images) in enumerate(rows):
+        n = max(len(images) for _, images, _ in rows)
+        fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n + 1.6, 1.45 * len(rows) + 0.6), squeeze=False)
+        for i, (label, images, kind) in enumerate(rows):
             for j in range(n):
                 ax = axes[i][j]
                 ax.set_xticks([]), ax.set_yticks([])
                 if j < len(images):
                     ax.imshow(images[j][1], interpolation="nearest")
+                    typed, plain = images[j][0], rows[0][1][j][0] if j < len(rows[0][1]) else ""
+                    if kind == "discrete" and typed.endswith(plain):  # the words the attack typed before the prompt
+                        ax.set_xlabel(typed[: len(typed) - len(plain)].strip(), fontsize=5)
                 if i == 0 and j < len(images):
                     ax.set_title(images[j][0].replace(" in the style of ", "\n"), fontsize=6)
                 if j == 0:
-                    ax.set_ylabel(label.replace(" (", "\n("), fontsize=7, rotation=0, ha="right", va="center")
+                    ax.set_ylabel(label.replace(" (", "\n(").replace(": ", ":\n"), fontsize=7, rotation=0, ha="right", va="center")
         fig.suptitle(f"Concept '{concept}': same prompts and seeds in every row", fontsize=9)
         fig.tight_layout()
         out.append((f"samples_{concept}", fig))

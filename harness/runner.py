@@ -129,6 +129,7 @@ def add_robustness(cfg: DictConfig, cell: Cell, tracker: Tracker | None = None) 
             run.flush(force=True, final=True)
             for name in ("results.json", "robustness.json", "robustness.png"):
                 tracker.log_artifact(run_id, cell.path(name))
+            run.log_concept_samples(run_id)  # the attacked prompts' images, for the sample grids
     return results
 
 

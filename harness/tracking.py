@@ -309,19 +309,21 @@ class CellRun:
 
     SAMPLES_PER_CONCEPT = 8
 
-    def _log_concept_samples(self, run_id: str) -> None:
+    def log_concept_samples(self, run_id: str) -> None:
         """The first images of each concept set (fixed prompts and seeds, the same in every cell),
-        as images/concept_<name>/: the sample-grid figure is drawn from MLflow alone."""
+        as images/concept_<name>/, and of the robustness probes' attacked prompts, as
+        images/robustness/<name>/<soft|discrete>/: the sample-grid figure is drawn from MLflow alone."""
         import shutil
         import tempfile
 
-        sets = sorted(self.cell.path("images").glob("concept_*/prompts.jsonl"))
+        images = self.cell.path("images")
+        sets = sorted([*images.glob("concept_*/prompts.jsonl"), *images.glob("robustness/*/*/prompts.jsonl")])
         if not sets:
             return
         with tempfile.TemporaryDirectory() as tmp:
             for prompts in sets:
-                dest = Path(tmp) / prompts.parent.name
-                dest.mkdir()
+                dest = Path(tmp) / prompts.parent.relative_to(images)
+                dest.mkdir(parents=True)
                 lines = prompts.read_text().splitlines()[: self.SAMPLES_PER_CONCEPT]
                 (dest / "prompts.jsonl").write_text("\n".join(lines) + "\n")
                 for line in lines:
@@ -342,7 +344,7 @@ class CellRun:
                 t.log_metrics(run_id, [{"time": time.time(), "step": 0, "values": values}])
             for name in ("config.yaml", "results.json", "samples.png", "environment.json", "robustness.json", "robustness.png"):
                 t.log_artifact(run_id, self.cell.path(name))
-            self._log_concept_samples(run_id)
+            self.log_concept_samples(run_id)
         t.terminate(run_id, status)
         if not t.down and status == "FINISHED":
             self.state["synced"] = True

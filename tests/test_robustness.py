@@ -166,6 +166,20 @@ def test_probes_are_added_to_a_finished_cell_without_training_and_kept_until_the
     (run,) = [r for r in mlflow.search_runs(experiment_names=["harness"], output_format="list")
               if r.data.tags.get("harness.cell_id") == cell.id]
     assert run.data.metrics["robust/asr_soft/stripes"] == pytest.approx(robust["robust/asr_soft/stripes"])
+    # the sample grid (from MLflow alone): the cell's row, then a row per attack, the discrete one's typed words under each image
+    from dataclasses import replace
+
+    from analysis.figures import sample_grids
+    from analysis.records import client_for
+
+    ((name, grid_figure),) = sample_grids(SimpleNamespace(completed=[replace(from_cells([cell])[0], run_id=run.info.run_id)]),
+                                          client_for(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    labels = [ax.get_ylabel() for ax in grid_figure.axes if ax.get_ylabel()]
+    assert name == "samples_stripes" and len(grid_figure.axes) == 3 * 4, (name, len(grid_figure.axes))
+    assert "soft prefix attack" in labels[1] and "discrete attack" in labels[2], labels
+    typed = [ax.get_xlabel() for ax in grid_figure.axes[8:]]
+    assert [len(words.split()) for words in typed] == [4] * 4, typed
+    assert [" ".join(p.split()[:4]) for p in record["concepts"]["stripes"]["discrete"]["found_prompts"]] == typed
 
     table = markdown(overview(from_cells([cell, Cell(probed_cfg)])))
     assert all(c in table for c in ("Pre-ASR", "ASR soft", "ASR discrete", "relearn steps", "neighbours kept %")), table
