@@ -312,3 +312,28 @@ def test_a_weak_eraser_is_broken_by_the_attack_more_often_than_a_strong_one(tmp_
         se = math.hypot(weak[f"se/{key}"], strong[f"se/{key}"])
         assert weak[key] - strong[key] > z * se, (kind, weak[key], strong[key], se)
     assert weak["robust/relearn_steps/stripes"] < strong["robust/relearn_steps/stripes"]
+
+
+def test_a_model_that_never_learned_the_concept_stays_at_the_floor(tmp_path):
+    """The shipped floor teacher (the recipe without stripes' scenes) against the shipped
+    teacher, on the same 16 stripes prompts and seeds: the teacher draws stripes; the floor
+    does not, the attacks do not conjure them (40 iterations), and 20 relearning steps do not
+    bring it near the teacher's presence. Measured here: teacher 87.5% plain and under both
+    attacks; floor 0% plain, 0% under both attacks, 18.8% after 20 relearning steps against a
+    target of 77.5%. (32 prompts, 40 iterations, 50 steps: teacher 93.8%; floor 0% plain, 3.1%
+    under either attack, relearning not back.)"""
+    from harness import robustness
+    from harness.context import build_context
+    from harness.evaluation import metric_backbones
+
+    cfg = compose(["method=two_stage", "eval.backbone=world", "eval.sample_steps=20", "eval.robustness.enabled=true",
+                   "eval.robustness.prompts=16", "eval.robustness.iterations=[10,40]", "eval.robustness.relearn_steps=20",
+                   "eval.robustness.relearn_every=5", "eval.robustness.neighbours=false", "eval.robustness.floor=true"], tmp_path)
+    (tmp_path / "cell").mkdir()
+    ctx = build_context(cfg, tmp_path / "cell", lambda dep: None)
+    metrics, _ = robustness.run(ctx, ctx.teacher, metric_backbones(cfg.eval, ctx.device), None, None)
+    values = {k: v for k, v in metrics.items() if k.endswith("/stripes") and not k.startswith("se/")}
+    assert metrics["robust/pre_asr/stripes"] >= 75, values
+    assert metrics["robust/floor/pre_asr/stripes"] <= 6.25, values  # at most 1 of 16
+    assert max(metrics["robust/floor/asr_soft/stripes"], metrics["robust/floor/asr_discrete/stripes"]) <= 12.5, values
+    assert metrics["robust/floor/relearned/stripes"] == 0 and metrics["robust/floor/relearn_steps/stripes"] == 20, values

@@ -34,3 +34,27 @@ def test_gates_can_be_measured_without_training(tiny_world_weights):
     manifest = build(tiny_world_weights, SCALES["tiny"], torch.device("cpu"), parts_wanted=())
     assert {p.name: p.stat().st_mtime for p in tiny_world_weights.glob("*.safetensors")} == before
     assert set(manifest["gates"]["teacher_style_rate"]) == set(STYLES)
+
+
+def test_a_floor_teacher_is_built_beside_the_shipped_towers_and_recorded(tiny_world_weights, tmp_path, capsys):
+    """--only teacher --without STYLE: a teacher that never sees STYLE, its own manifest record
+    (run, steps, per-style rates) and checksum; the shipped teacher's record is untouched. A
+    style that does not exist, or --without with the towers retrained, fails in one line."""
+    import shutil
+
+    from harness.world.build import floor_file, main
+
+    tiny_world_weights = shutil.copytree(tiny_world_weights, tmp_path / "world")  # the session's world stays as it is
+    before = json.loads((tiny_world_weights / "manifest.json").read_text())
+    assert main(["--scale", "tiny", "--out", str(tiny_world_weights), "--only", "teacher", "--without", "dots"]) == 0
+    after = json.loads((tiny_world_weights / "manifest.json").read_text())
+    record = after["floors"]["dots"]
+    assert record["steps"] == 4 and set(record["style_rate"]) == {"stripes", "checker", "dots", "outline", "shadow", "glow"}
+    assert after["checksums"][floor_file("dots")] and after["gates"] == before["gates"] and after["teacher"] == before["teacher"]
+    assert after["checksums"]["teacher.safetensors"] == before["checksums"]["teacher.safetensors"]
+    capsys.readouterr()
+    for args, wanted in ((["--without", "plaid", "--only", "teacher"], "--without=plaid is not a world style"),
+                         (["--without", "dots"], "needs --only teacher")):
+        assert main(["--scale", "tiny", "--out", str(tiny_world_weights), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and wanted in err[0], err

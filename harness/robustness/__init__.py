@@ -137,8 +137,7 @@ def run(ctx, model, backbones, reference: Path | None, reference_metrics: dict |
     """(metrics, info) of the probes; writes images under images/robustness/ and robustness.json.
     `reference`: the distilled model's images folder (neighbours), `reference_metrics` its
     results' metrics (relearning's target); None where the cell has no reference."""
-    rb, ev, parts = ctx.cfg.eval.robustness, ctx.cfg.eval, ctx.parts
-    seed, started = int(ctx.cfg.seed), time.perf_counter()
+    rb, started = ctx.cfg.eval.robustness, time.perf_counter()
     domain = list(DOMAINS[ctx.cfg.data.domain].values())
     root = ctx.folder / "images" / "robustness"
     metrics, record, grid = {}, {"concepts": {}}, []

@@ -349,7 +349,8 @@ def main(argv: list[str]) -> int:
         return 2
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device)
     manifest = build(args.out, recipe, device, wanted, args.without)
-    print(json.dumps({"out": str(args.out), "gates": manifest.get("gates")}))
+    print(json.dumps({"out": str(args.out), **({"floor": {args.without: manifest["floors"][args.without].get("style_rate")}}
+                                                if args.without else {"gates": manifest.get("gates")})}))
     return 0
 
 
