@@ -13,7 +13,7 @@ import torch
 from tests.conftest import SMALL, SMALL_WORLD, run_cli
 
 TINY_BENCH = ["--repeats", "1", "--warmup", "10", "--window", "10", "--ks", "5", "--eval-repeats", "1",
-              "--gen-images", "8", "--sizes", "64", "--cell-repeats", "1"]
+              "--gen-images", "8", "--sizes", "64", "--cell-repeats", "1", "--sweep-cells", "2"]
 
 
 @pytest.mark.numerics
@@ -112,6 +112,8 @@ def test_cpu_sections_run_and_write_json_and_markdown(tmp_path):
     assert cell["wall_s"] > cell["training_s"] > 0 and 0 < cell["fixed_share"] < 1
     assert parts["process start + imports"] > 1  # torch and diffusers alone take seconds
     assert cell["fixed_s"] == pytest.approx(cell["wall_s"] - cell["training_s"] - cell["evaluation_s"])
+    sweeps = cell["in_a_sweep"]["sweeps"]  # a sweep of 1 cell and one of 2 seeds (each with the references it needs)
+    assert sweeps["2"]["cells"] > sweeps["1"]["cells"] >= 1 and isinstance(cell["in_a_sweep"]["per_further_cell_s"], float)
     assert result["machine"]["torch"] == torch.__version__ and result["machine"]["cpu_count"] >= 1
     probed = result["robustness"]
     assert probed["budget"]["prompts"] == 2 and probed["budget"]["iterations"] == [1, 2]  # the probes' overrides reach the probe
@@ -149,6 +151,7 @@ def test_the_sd21_architecture_is_the_published_one():
 @pytest.mark.parametrize("args, message", [
     (["--gpu", "--device", "cuda"], "--device=cuda asks for a GPU and torch sees none"),
     (["--sections", "training,nope"], "--sections=nope is not accepted: any of training, evaluation, cell, robustness"),
+    (["--sweep-cells", "1"], "--sweep-cells=1 is not accepted: at least 2"),
     (["finetune.batch_size=abc"], "finetune.batch_size"),
 ])
 def test_bad_requests_fail_in_one_line(args, message, tmp_path):

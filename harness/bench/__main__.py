@@ -44,6 +44,7 @@ def parse(argv):
     p.add_argument("--sizes", default="1000,10000", help="image counts for feature extraction and metrics")
     p.add_argument("--eval-repeats", type=int, default=2)
     p.add_argument("--cell-repeats", type=int, default=1)
+    p.add_argument("--sweep-cells", type=int, default=3, help="cell section: the larger local sweep whose further cells' overhead is measured (≥ 2)")
     p.add_argument("--dest", default="outputs/bench", help="folder for <kind>.json and <kind>.md")
     return p.parse_args(argv)
 
@@ -60,6 +61,8 @@ def main(argv=None) -> int:
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         return fail(f"--sections={','.join(unknown)} is not accepted: any of {', '.join(SECTIONS)}")
+    if args.sweep_cells < 2:
+        return fail(f"--sweep-cells={args.sweep_cells} is not accepted: at least 2 (a sweep of 1 cell is the other measurement)")
     device = torch.device(args.device or ("cuda" if args.gpu else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         return fail(f"--device={device} asks for a GPU and torch sees none (torch {torch.__version__}, "
@@ -113,7 +116,8 @@ def main(argv=None) -> int:
                     }
                 if "cell" in sections:
                     say("per-cell overhead: the smoke sweep's baseline cell, in fresh processes")
-                    result["cell"] = cell_overhead.run([*cell_overhead.smoke_cell(), *args.overrides], args.cell_repeats, say)
+                    result["cell"] = cell_overhead.run([*cell_overhead.smoke_cell(), *args.overrides], args.cell_repeats, say,
+                                                      args.sweep_cells)
                 if "robustness" in sections:  # the probes' cost beside the probed cell's training
                     from harness.bench import probes
 

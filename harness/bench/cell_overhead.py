@@ -73,7 +73,27 @@ def create_store(out: Path) -> dict[str, float]:
     return seconds
 
 
-def run(overrides: list[str] | None = None, repeats: int = 1, say=print) -> dict:
+def in_a_sweep(overrides: list[str], out: Path, cells: int = 3) -> dict:
+    """What a further cell of a local sweep adds besides its training and evaluation: the sweep
+    runs its cells in one process, so imports, the MLflow client and the plan are paid once.
+    The same cell is run as a sweep of 1 and of `cells` seeds (with whatever reference cells the
+    sweep adds): ((wall − Σ training and evaluation) of the larger − that of the smaller) / the
+    difference in cells."""
+    runs = {}
+    for n in (1, cells):
+        folder = out / f"sweep_of_{n}"
+        seeds = ",".join(str(1_000 + i) for i in range(n))
+        wall = run_python(["-m", "harness", "-m", *overrides, f"seed={seeds}", f"out_dir={folder}", "runtime.progress=false"], REPO)
+        done = [json.loads(p.read_text())["timings"] for p in folder.glob("cells/*/results.json")]
+        work = sum(sum(v["seconds"] for v in t.values() if isinstance(v, dict)) + t["eval_seconds"] for t in done)
+        runs[n] = {"wall_s": wall, "cells": len(done), "training_and_evaluation_s": work}
+    small, large = runs[1], runs[cells]
+    per_cell = ((large["wall_s"] - large["training_and_evaluation_s"]) - (small["wall_s"] - small["training_and_evaluation_s"])) \
+        / (large["cells"] - small["cells"])
+    return {"per_further_cell_s": per_cell, "sweeps": runs}
+
+
+def run(overrides: list[str] | None = None, repeats: int = 1, say=print, sweep_cells: int = 3) -> dict:
     """Cells as in a sweep or a SLURM job: their out_dir's MLflow store already exists (its
     creation is measured apart). Each timed cell has its own seed, so it trains (a completed
     cell would be skipped)."""
@@ -92,6 +112,8 @@ def run(overrides: list[str] | None = None, repeats: int = 1, say=print) -> dict
             for name in cells:
                 cells[name].append(run_cell(overrides, outs[name], tracking=name == "tracking on", seed=r))
                 say(f"  repeat {r + 1}/{repeats} cell, {name}: {cells[name][-1]['wall']:.1f} s")
+        say(f"  the same cell in a sweep of 1 and of {sweep_cells} (one process)")
+        sweep = in_a_sweep(overrides, Path(tmp), sweep_cells)
     med = {name: {k: statistics.median(c[k] for c in runs) for k in runs[0]} for name, runs in cells.items()}
     start = statistics.median(imports)
     on = med["tracking on"]
@@ -111,6 +133,7 @@ def run(overrides: list[str] | None = None, repeats: int = 1, say=print) -> dict
             "MLflow tracking (on − off)": tracking,
             "config, validation, environment, results": on["outside_run"] - start - tracking,
         },
+        "in_a_sweep": sweep,
         "store_creation_s": store,
         "runs": cells,
         "imports_s": imports,

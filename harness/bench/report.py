@@ -83,6 +83,10 @@ def cell_tables(c: dict) -> list[Table]:
             {"what": "evaluation", "s": c["evaluation_s"], "share": c["evaluation_s"] / c["wall_s"]},
             {"what": "fixed overhead (wall − training − evaluation)", "s": c["fixed_s"], "share": c["fixed_share"]}]
     rows += [{"what": f"  {k}", "s": v, "share": v / c["wall_s"]} for k, v in c["parts_s"].items()]
+    if sweep := c.get("in_a_sweep"):
+        rows.append({"what": f"fixed overhead of each further cell of a local sweep (one process; a sweep of 1 against one of "
+                             f"{sweep['sweeps'][max(sweep['sweeps'], key=int)]['cells']} cells)", "s": sweep["per_further_cell_s"],
+                     "share": sweep["per_further_cell_s"] / c["wall_s"]})
     rows.append({"what": "once per out_dir: creating the MLflow store (a copy of MLflow's empty one)", "s": c["store_creation_s"]["from template"], "share": None})
     rows.append({"what": "the same store made by MLflow's migrations (before; now once per machine)", "s": c["store_creation_s"]["by MLflow"], "share": None})
     return [Table(f"Per-cell overhead: `python -m harness {' '.join(c['cell'])}` (median of {c['repeats']})",
