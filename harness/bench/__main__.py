@@ -44,7 +44,7 @@ def parse(argv):
     p.add_argument("--sizes", default="1000,10000", help="image counts for feature extraction and metrics")
     p.add_argument("--eval-repeats", type=int, default=2)
     p.add_argument("--cell-repeats", type=int, default=1)
-    p.add_argument("--sweep-cells", type=int, default=3, help="cell section: the larger local sweep whose further cells' overhead is measured (≥ 2)")
+    p.add_argument("--sweep-cells", type=int, default=4, help="cell section: the larger local sweep whose further cells' overhead is measured (≥ 2)")
     p.add_argument("--dest", default="outputs/bench", help="folder for <kind>.json and <kind>.md")
     return p.parse_args(argv)
 

@@ -73,7 +73,7 @@ def create_store(out: Path) -> dict[str, float]:
     return seconds
 
 
-def in_a_sweep(overrides: list[str], out: Path, cells: int = 3) -> dict:
+def in_a_sweep(overrides: list[str], out: Path, cells: int = 4) -> dict:
     """What a further cell of a local sweep adds besides its training and evaluation: the sweep
     runs its cells in one process, so imports, the MLflow client and the plan are paid once.
     The same cell is run as a sweep of 1 and of `cells` seeds (with whatever reference cells the
@@ -83,7 +83,9 @@ def in_a_sweep(overrides: list[str], out: Path, cells: int = 3) -> dict:
     for n in (1, cells):
         folder = out / f"sweep_of_{n}"
         seeds = ",".join(str(1_000 + i) for i in range(n))
-        wall = run_python(["-m", "harness", "-m", *overrides, f"seed={seeds}", f"out_dir={folder}", "runtime.progress=false"], REPO)
+        # the named sweep's own grid is dropped: the cell alone, over seeds
+        wall = run_python(["-m", "harness", "-m", *overrides, "hydra.sweeper.grids=[]", f"seed={seeds}", f"out_dir={folder}",
+                           "runtime.progress=false"], REPO)
         done = [json.loads(p.read_text())["timings"] for p in folder.glob("cells/*/results.json")]
         work = sum(sum(v["seconds"] for v in t.values() if isinstance(v, dict)) + t["eval_seconds"] for t in done)
         runs[n] = {"wall_s": wall, "cells": len(done), "training_and_evaluation_s": work}
@@ -93,7 +95,7 @@ def in_a_sweep(overrides: list[str], out: Path, cells: int = 3) -> dict:
     return {"per_further_cell_s": per_cell, "sweeps": runs}
 
 
-def run(overrides: list[str] | None = None, repeats: int = 1, say=print, sweep_cells: int = 3) -> dict:
+def run(overrides: list[str] | None = None, repeats: int = 1, say=print, sweep_cells: int = 4) -> dict:
     """Cells as in a sweep or a SLURM job: their out_dir's MLflow store already exists (its
     creation is measured apart). Each timed cell has its own seed, so it trains (a completed
     cell would be skipped)."""
