@@ -47,9 +47,11 @@ class Calibration:
     source: str
     train_rate: float  # MAC per device-second, training
     eval_rate: float  # MAC per device-second, evaluation
-    startup_s: float
+    startup_s: float  # a cell's fixed cost inside a running process (config, MLflow run, model, data, results)
     calibrated: bool = True
     per_image_s: float = 0.0  # evaluation's cost per image beside the UNet (metric backbones, decoding to files)
+    process_s: float = 0.0  # a fresh process's cost before its first cell (imports, MLflow client), single-threaded
+    #                         (CPU-seconds = seconds): once per local sweep, once per cell on SLURM (an array task is a process)
 
 
 @dataclass
@@ -136,6 +138,8 @@ def calibrate(cfg: DictConfig, out_dir: Path, device: str) -> Calibration:
             train_macs, train_s = train_macs + t_macs, train_s + stage_s
         evals.append((images, e_macs, clock("eval_seconds")))
         startups.append(clock("total_seconds") - clock("eval_seconds") - stage_s)
+    docs = Path(__file__).resolve().parent.parent / "docs" / "bench"
+    cell_bench = (json.loads((docs / "cpu.json").read_text()).get("cell") or {}) if (docs / "cpu.json").is_file() else {}
     if evals:
         per_image, eval_rate = _fit_evaluation(evals)
         train_rate = train_macs / train_s if train_s > 0 else eval_rate
@@ -143,22 +147,24 @@ def calibrate(cfg: DictConfig, out_dir: Path, device: str) -> Calibration:
         return Calibration(f"{len(evals)} finished cell(s) of model={cfg.model.name} on {device} in {out_dir} ({unit}): "
                            f"training {train_rate * 2 / 1e9:.3g} GFLOP/s, sampling {eval_rate * 2 / 1e9:.3g} GFLOP/s "
                            f"+ {per_image:.3g} s per evaluated image, start-up {sum(startups) / len(startups):.3g} s",
-                           train_rate, eval_rate, sum(startups) / len(startups), per_image_s=per_image)
+                           train_rate, eval_rate, sum(startups) / len(startups), per_image_s=per_image,
+                           process_s=_process_s(cell_bench, device))
     from harness.method import baseline_method
 
     baseline = baseline_method().name  # the benchmark's baseline step: plain fine-tuning
-    docs = Path(__file__).resolve().parent.parent / "docs" / "bench"
     if device == "cpu" and (docs / "cpu.json").is_file():
         figures = json.loads((docs / "cpu.json").read_text())
         row = (figures.get("training") or {}).get("per_step", {}).get(baseline) or {}
         threads = (figures.get("machine") or {}).get("torch_threads") or 1
         if row.get("flops_lower") and row.get("seconds"):
             rate = row["flops_lower"] / 2 / (row["seconds"] * threads)  # per CPU-second: wall × threads
-            startup = (figures.get("cell") or {}).get("fixed_s") or ASSUMED_STARTUP_S
+            fixed = cell_bench.get("fixed_s") or ASSUMED_STARTUP_S
+            startup = (cell_bench.get("in_a_sweep") or {}).get("per_further_cell_s") or fixed
             return Calibration(f"harness.bench figures of the reference machine ({docs / 'cpu.json'}: "
                                f"{(figures.get('machine') or {}).get('cpu')}, {threads} threads): the {baseline} step's rate for "
-                               f"training and sampling, a {startup:.0f} s start-up; run a cell here to calibrate to this machine",
-                               rate, rate, startup * threads)
+                               f"training and sampling, a {startup:.3g} s start-up per cell and {fixed - startup:.3g} s per process; "
+                               "run a cell here to calibrate to this machine",
+                               rate, rate, startup * threads, process_s=fixed - startup)
     bench = docs / "gpu.json"
     if device == "cuda" and bench.is_file():
         row = (json.loads(bench.read_text()).get("training") or {}).get("per_step", {}).get(baseline) or {}
@@ -172,6 +178,16 @@ def calibrate(cfg: DictConfig, out_dir: Path, device: str) -> Calibration:
     return Calibration(f"UNCALIBRATED: assumes {ASSUMED_MFU:.0%} of an H100's dense {'bf16' if bf16 else 'TF32'} peak "
                        f"({peak / 1e12:.0f} TFLOP/s) and a {ASSUMED_STARTUP_S:.0f} s start-up per cell; run cells "
                        "(or python -m harness.bench --gpu) to calibrate", rate, rate, ASSUMED_STARTUP_S, calibrated=False)
+
+
+def _process_s(cell_bench: dict, device: str) -> float:
+    """A fresh process's cost before its first cell, in the calibration's unit, from the bench's
+    cell section (its fixed overhead in a fresh process less that of a further cell in a
+    sweep, which the finished cells' own start-up already holds); 0 where not measured."""
+    fixed, further = cell_bench.get("fixed_s"), (cell_bench.get("in_a_sweep") or {}).get("per_further_cell_s")
+    if device != "cpu" or fixed is None or further is None:
+        return 0.0
+    return max(fixed - further, 0.0)
 
 
 def _fit_evaluation(points: list[tuple[int, float, float]]) -> tuple[float, float]:
@@ -215,6 +231,7 @@ def plan_cells(cells, config: DictConfig, out_dir: Path, busy: set[str]) -> tupl
 
     preset = gpus_per_cell(config)
     launcher = (config.get("hydra") or {}).get("launcher") or {}
+    on_slurm = "harness_launcher" in str(launcher.get("_target_", ""))
     device = "cuda" if preset else "cpu"
     calibration = None
     plans = []
@@ -228,16 +245,18 @@ def plan_cells(cells, config: DictConfig, out_dir: Path, busy: set[str]) -> tupl
         s = sizes(cfg)
         train, ev, stages = cell_work(cfg, s)
         evaluation = ev / calibration.eval_rate + eval_images(cfg)[0] * calibration.per_image_s
-        seconds = calibration.startup_s + train / calibration.train_rate + evaluation
+        startup = calibration.startup_s + (calibration.process_s if on_slurm else 0.0)  # a SLURM job starts a process
+        seconds = startup + train / calibration.train_rate + evaluation
         parallel = max(gpus, 1)
         # data parallelism splits the training; evaluation runs on one process (runner)
-        wall = calibration.startup_s + train / calibration.train_rate / parallel + evaluation
+        wall = startup + train / calibration.train_rate / parallel + evaluation
         if not gpus:  # CPU-seconds over the threads a cell uses
             wall = seconds / _threads(cfg)
         state = "done" if cell.done else "queued" if cell.id in busy else "to run"
         plans.append(CellPlan(cell, overrides, state, train, ev, seconds, wall, wall * gpus / 3600,
                               peak_memory(cfg, s, parallel) if gpus else 0.0, disk(cfg, s), stages, gpus))
-    return plans, {"calibration": calibration, "gpus": preset, "device": device}
+    once = 0.0 if on_slurm or calibration is None else calibration.process_s
+    return plans, {"calibration": calibration, "gpus": preset, "device": device, "process_wall_s": once}
 
 
 def peak_memory(cfg: DictConfig, s: Sizes, gpus: int) -> float:
@@ -323,9 +342,12 @@ def report(plans: list[CellPlan], meta: dict, config: DictConfig, say=print) -> 
     total_h = sum((p.gpu_h if gpus else p.seconds / 3600) for p in todo)
     parallel = int(launcher.get("array_parallelism") or 1) if gpus else 1
     longest = max((p.wall_s + _reference_wall(p, plans) for p in todo), default=0.0)
-    wall = max(longest, sum(p.wall_s for p in todo) / parallel)
+    once = meta.get("process_wall_s", 0.0) if todo else 0.0  # a local sweep starts one process for all its cells
+    wall = max(longest, sum(p.wall_s for p in todo) / parallel) + once
     say(f"to run: {len(todo)} cells, {total_h:.3g} {unit}, about {_hours(wall)} of wall time "
-        f"({'at most ' + str(parallel) + ' at once' if gpus else 'one after another'}; longest chain of a cell after its reference {_hours(longest)})")
+        f"({'at most ' + str(parallel) + ' at once' if gpus else 'one after another'}"
+        + (f", with {_hours(once)} once for the sweep's process" if once else "")
+        + f"; longest chain of a cell after its reference {_hours(longest)})")
     timeout = launcher.get("timeout_min")
     if timeout and todo:
         over = [p for p in todo if p.wall_s > timeout * 60]

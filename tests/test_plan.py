@@ -91,3 +91,24 @@ def test_a_plan_of_a_bad_sweep_fails_in_one_line(tmp_path, capsys):
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert exit_info.value.code == 2 and len(lines) == 1 and "pruning.ratio=1.5" in lines[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_a_local_sweep_starts_one_process_and_a_slurm_job_one_per_cell(tmp_path, monkeypatch, capsys):
+    """The calibration's per-process cost (imports, MLflow client) is paid once by a local
+    sweep, whose cells run in its process, and by every cell on SLURM, each an array task."""
+    from harness import plan
+    from harness.app import plan_sweep
+    from harness.compose import load_with_hydra_node
+
+    calibration = plan.Calibration("test", 1e9, 1e9, startup_s=2.0, process_s=10.0)
+    monkeypatch.setattr(plan, "calibrate", lambda cfg, out_dir, device: calibration)
+    args = ["method=distill", *SMALL_WORLD, *SMALL, "seed=0,1,2", f"out_dir={tmp_path}"]
+    local_plans, local = plan.plan_cells(plan_sweep(args), load_with_hydra_node(args, True)[0], tmp_path, set())
+    slurm_args = [*args, "launcher=slurm_local"]
+    slurm_plans, slurm = plan.plan_cells(plan_sweep(slurm_args), load_with_hydra_node(slurm_args, True)[0], tmp_path, set())
+    assert len(local_plans) == len(slurm_plans) == 3
+    assert local["process_wall_s"] == 10.0 and slurm["process_wall_s"] == 0.0
+    for here, there in zip(local_plans, slurm_plans):
+        assert there.seconds == pytest.approx(here.seconds + 10.0)
+    plan.report(local_plans, local, load_with_hydra_node(args, True)[0])
+    assert "with 10 s once for the sweep's process" in capsys.readouterr().out
