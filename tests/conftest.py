@@ -218,13 +218,18 @@ def sd21_dir(tmp_path_factory):
     """A Stable-Diffusion-2.1-shaped pipeline folder at toy size (diffusers layout, latent
     space, v-prediction, a CLIP BPE tokenizer), written with save_pretrained: it exercises the
     real loading path of `model=sd21` without the 5 GB checkpoint."""
+    return write_sd21(tmp_path_factory.mktemp("sd21"))
+
+
+def write_sd21(root: Path, max_length: int = 32) -> Path:
+    """The toy SD 2.1 folder of `sd21_dir` under `root`; `max_length`: the text encoder's
+    positions (its tokenizer is character-level: a world prompt takes ~40 tokens)."""
     import json as _json
 
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    root = tmp_path_factory.mktemp("sd21")
     torch.manual_seed(0)
     UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
@@ -242,10 +247,10 @@ def sd21_dir(tmp_path_factory):
     tok_dir.mkdir()
     (tok_dir / "vocab.json").write_text(_json.dumps(vocab))
     (tok_dir / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=32)
+    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=max_length)
     tokenizer.save_pretrained(tok_dir)
     CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=2, max_position_embeddings=32,
+                                 num_attention_heads=2, max_position_embeddings=max_length,
                                  eos_token_id=vocab["<|endoftext|>"], bos_token_id=vocab["<|startoftext|>"],
                                  pad_token_id=vocab["<|endoftext|>"])).save_pretrained(root / "text_encoder")
     DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,

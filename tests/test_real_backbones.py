@@ -242,3 +242,31 @@ def test_metrics_cli_at_real_scale_uses_the_prepared_reference(real_setup, tmp_p
     assert capsys.readouterr().err.strip() == "error: --csd is required for csd at --scale real: a local backbone"
     assert metrics(["fid", "--gen", str(gen), "--ref", ref, "--scale", "real", "--fid-mode", "clean"]) == 2
     assert capsys.readouterr().err.strip() == f"error: --ref={ref}: prepared without fid_clean.npz (prepare it with --fid-mode clean)"
+
+
+def test_robustness_probes_run_on_the_sd21_layout_with_the_real_detector(real_setup, context_for, tmp_path):
+    """At real scale the probes are the same code: SD 2.1's layout (its CLIP BPE tokenizer and
+    text encoder, VAE latents, v-prediction) with the concept detected by CLIP zero-shot among
+    the domain's concept prompts; the discrete attack's found prompts end with the prompt they
+    attacked and are text the tokenizer reads back."""
+    import json
+
+    from harness import robustness
+    from harness.evaluation import metric_backbones
+    from tests.conftest import write_sd21
+
+    sd21_dir = write_sd21(tmp_path / "sd21", max_length=64)  # room for a world prompt in characters, and the prefix
+    overrides = ["model=sd21", f"model.path={sd21_dir}", "model.resolution=16", "method=two_stage", "eval.backbone=real",
+                 *[f"eval.real.{k}={v}" for k, v in real_setup.items()], "eval.sample_steps=2", "eval.concept_prompts=2",
+                 "eval.robustness.enabled=true", "eval.robustness.prompts=2", "eval.robustness.tokens=3",
+                 "eval.robustness.iterations=[1,2]", "eval.robustness.relearn_steps=2", "eval.robustness.relearn_every=1",
+                 "eval.robustness.relearn_images=2"]
+    ctx = context_for(overrides)
+    metrics, info = robustness.run(ctx, ctx.student, metric_backbones(ctx.cfg.eval, ctx.device), None, None)
+    assert info["robustness"]["backbone"].endswith("zero-shot")
+    assert all(0 <= metrics[f"robust/{k}/stripes"] <= 100 for k in ("pre_asr", "asr_soft", "asr_discrete"))
+    assert "robust/relearn_steps/stripes" in metrics and "robust/neighbour_presence/outline" in metrics
+    entry = json.loads((ctx.folder / "robustness.json").read_text())["concepts"]["stripes"]
+    for typed, prompt in zip(entry["discrete"]["found_prompts"], entry["prompts"]):
+        assert typed.endswith(prompt) and len(typed) > len(prompt)
+        assert ctx.parts.tokenizer(typed, truncation=False).input_ids[-1] == ctx.parts.tokenizer.eos_token_id
