@@ -159,7 +159,8 @@ def calibrate(cfg: DictConfig, out_dir: Path, device: str) -> Calibration:
         if row.get("flops_lower") and row.get("seconds"):
             rate = row["flops_lower"] / 2 / (row["seconds"] * threads)  # per CPU-second: wall × threads
             fixed = cell_bench.get("fixed_s") or ASSUMED_STARTUP_S
-            startup = (cell_bench.get("in_a_sweep") or {}).get("per_further_cell_s") or fixed
+            further = (cell_bench.get("in_a_sweep") or {}).get("per_further_cell_s")
+            startup = fixed if further is None else min(max(further, 0.0), fixed)  # a noisy negative difference: none
             return Calibration(f"harness.bench figures of the reference machine ({docs / 'cpu.json'}: "
                                f"{(figures.get('machine') or {}).get('cpu')}, {threads} threads): the {baseline} step's rate for "
                                f"training and sampling, a {startup:.3g} s start-up per cell and {fixed - startup:.3g} s per process; "
