@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from harness.models import build_parts
 from harness.world import WEIGHTS
-from harness.world.build import Recipe, style_accuracy, teacher_style_rate, world_pool
+from harness.world.build import Recipe, floor_file, style_accuracy, teacher_style_rate, world_pool
 from harness.world.render import STYLES
 from harness.world.towers import StyleDescriptor, degrade
 from tests.conftest import compose
@@ -35,7 +35,12 @@ def descriptor():
 def test_manifest_describes_the_shipped_files():
     for name, digest in MANIFEST["checksums"].items():
         assert hashlib.sha256((WEIGHTS / name).read_bytes()).hexdigest() == digest, name
-    assert set(MANIFEST["checksums"]) == {"teacher.safetensors", "world_clip.safetensors", "style_descriptor.safetensors"}
+    floors = MANIFEST.get("floors", {})
+    assert set(MANIFEST["checksums"]) == {"teacher.safetensors", "world_clip.safetensors",
+                                          "style_descriptor.safetensors"} | {floor_file(s) for s in floors}
+    for style, floor in floors.items():  # each floor teacher: the shipped recipe, its style never drawn
+        assert floor["recipe"] == MANIFEST["recipe"] and floor["steps"] == MANIFEST["recipe"]["teacher_steps"]
+        assert floor["seconds"] > 0 and floor["style_rate"][style] == 0.0
     assert MANIFEST["recipe"]["seed"] == 0 and MANIFEST["teacher"]["steps"] == MANIFEST["recipe"]["teacher_steps"]
     for part in ("world_clip", "style_descriptor", "teacher"):
         assert MANIFEST[part]["seconds"] > 0
