@@ -57,15 +57,15 @@ def is_pinned(environ=os.environ) -> bool:
     return all(environ.get(k) == v for k, v in pin_environment().items())
 
 
-def reexec_pinned(argv: list[str]) -> None:
-    """Replace this process by the same command with the pinned environment (before torch has
-    computed anything). A no-op where the environment is pinned already."""
+def reexec_pinned(argv: list[str], module: str = "harness") -> None:
+    """Replace this process by the same command (`python -m <module> <argv>`) with the pinned
+    environment (before torch has computed anything). A no-op where it is pinned already."""
     if is_pinned():
         return
     env = {**os.environ, **pin_environment()}
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "harness", *argv], env)
+    os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
 
 
 def apply(runtime) -> None:

@@ -212,6 +212,50 @@ def test_probes_are_added_to_a_finished_cell_without_training_and_kept_until_the
         assert exit_info.value.code == 2 and len(err) == 1 and wanted in err[0], err
 
 
+def test_a_cell_made_in_the_reproducible_mode_is_probed_in_it(tmp_path, monkeypatch):
+    """`python -m harness.robustness` on a cell that ran pinned restarts itself pinned (the CPU
+    kernels are chosen at torch's first use), with the same arguments; on any other cell it
+    does not restart."""
+    import sys
+
+    from omegaconf import OmegaConf
+
+    from harness import numerics
+    from harness.cell import Cell
+    from harness.robustness.__main__ import main
+
+    restarts = []
+
+    class Restarted(Exception):
+        pass
+
+    def reexec_pinned(argv, module="harness"):
+        restarts.append((argv, module))
+        raise Restarted
+
+    monkeypatch.setattr(numerics, "reexec_pinned", reexec_pinned)
+    for key in numerics.pin_environment():
+        monkeypatch.delenv(key, raising=False)
+    ids = {}
+    for mode in ("true", "false"):  # finished as far as the probes' command can tell: its config and marker
+        # the mode is not part of a cell's id (its kernel set is recorded beside it): two seeds
+        cell = Cell(compose(["method=two_stage", f"runtime.reproducible={mode}", f"seed={int(mode == 'true')}"], tmp_path))
+        cell.dir.mkdir(parents=True)
+        cell.path("config.yaml").write_text(OmegaConf.to_yaml(cell.cfg, resolve=True))
+        cell.path("COMPLETED").write_text("")
+        ids[mode] = cell.id
+    argv = ["--out-dir", str(tmp_path), ids["true"], "eval.robustness.prompts=2"]
+    monkeypatch.setattr(sys, "argv", ["harness.robustness", *argv])
+    with pytest.raises(Restarted):
+        main()
+    assert restarts == [(argv, "harness.robustness")]
+    monkeypatch.setattr(sys, "argv", ["harness.robustness", "--out-dir", str(tmp_path), ids["false"], "eval.robustness.prompts=2"])
+    monkeypatch.setattr("harness.runner.add_robustness", lambda cfg, cell: (_ for _ in ()).throw(Restarted("probed")))
+    with pytest.raises(Restarted, match="probed"):  # straight to the probes, no restart
+        main()
+    assert len(restarts) == 1
+
+
 def test_on_the_shipped_teacher_the_probes_find_the_concept_it_draws(tmp_path):
     """No erasure (the world's teacher itself as the probed model): the concept prompts' images
     show the concept (Pre-ASR near the teacher's presence, ~99% at DDIM 20), the attacks keep

@@ -73,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     elif not_erasing := [f.name for f in folders if not get_method(OmegaConf.load(f / "config.yaml").method.name).erases]:
         fail(f"cell {not_erasing[0]}: its method erases nothing (the probes measure erased concepts)")
     configs = [cell_config(f, args.out_dir, overrides) for f in folders]  # every refusal before any probe
+    if argv is None and any(cfg.runtime.get("reproducible") for cfg in configs):
+        from harness import numerics
+
+        # a cell made in the reproducible mode is probed in it: the CPU kernels are chosen at
+        # torch's first use, so the command restarts with the pinned environment
+        numerics.reexec_pinned(sys.argv[1:], module="harness.robustness")
 
     from harness.cell import Cell
     from harness.runner import add_robustness
