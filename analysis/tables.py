@@ -13,6 +13,7 @@ planned cells with no finished run are marked, never dropped."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 from analysis import paper
 from analysis.records import AnalysisError, Study
 from harness.record import Record, kernel_note, kernel_split
-from harness.render import Column, Mark, Table, latex, markdown, to_csv
+from harness.render import Z_INTERVAL, Column, Mark, Stat, Table, latex, markdown, to_csv
 from harness.summary import (COST, FLOOR_LABEL, INTERVAL_NOTE, NEVER_LEARNED_LABEL, QUALITY, ROBUSTNESS, by_id_map, drop_empty,
                              floor_record, group, never_learned, order, overview, row_of, suppression, summarize, with_kernel)
 
@@ -124,8 +125,89 @@ def k_ablation(records: list[Record]) -> list[Table]:
     return tables
 
 
+# -- erased or only hidden: does attacking change which eraser looks best? -------------------
+RANKED_BY = [("presence erased", "presence_erased"), ("ASR soft", "robust/asr_soft_erased"),
+             ("ASR discrete", "robust/asr_discrete_erased")]
+
+
+def _difference(a: Stat, b: Stat) -> tuple[float, float | None]:
+    """b − a and the half-width of its 95% interval (None where an se is unknown)."""
+    se = None if a.se is None or b.se is None else math.hypot(a.se, b.se)
+    return b.mean - a.mean, None if se is None else Z_INTERVAL * se
+
+
+def _kendall_tau(first: list[str], second: list[str]) -> float:
+    """Kendall's τ between two orderings of the same labels (1: the same order, −1: reversed)."""
+    pos = {label: i for i, label in enumerate(second)}
+    pairs = [(a, b) for i, a in enumerate(first) for b in first[i + 1:]]
+    agree = sum(1 if pos[a] < pos[b] else -1 for a, b in pairs)
+    return agree / len(pairs)
+
+
+def _order_note(rows: list[dict], name: str, key: str) -> str:
+    """How the order by `key` differs from the order by plain presence: τ, and each pair the two
+    put the other way round, with both differences and whether each is beyond noise (its 95%
+    interval excludes 0)."""
+    by_presence = sorted(rows, key=lambda r: r["presence_erased"].mean)
+    by_attack = sorted(rows, key=lambda r: r[key].mean)
+    label = [r["_setting"] for r in by_presence]
+    tau = _kendall_tau(label, [r["_setting"] for r in by_attack])
+    flips = []
+    for i, a in enumerate(by_presence):
+        for b in by_presence[i + 1:]:
+            if a[key].mean <= b[key].mean:
+                continue
+            parts = []
+            for what, k in (("presence", "presence_erased"), (name, key)):
+                d, hw = _difference(a[k], b[k])
+                beyond = "no interval" if hw is None else ("beyond noise" if abs(d) > hw else "within noise")
+                parts.append(f"{what} {d:+.1f}" + ("" if hw is None else f" ± {hw:.1f}") + f" ({beyond})")
+            flips.append(f"{a['_setting']} vs {b['_setting']}: " + ", ".join(parts))
+    head = f"By {name}: {' < '.join(r['_setting'] for r in by_attack)}; Kendall τ with the presence order {tau:+.2f}."
+    return head + (" Pairs in the other order (second − first): " + "; ".join(flips) + "." if flips else " Same order.")
+
+
+def erased_or_hidden(records: list[Record]) -> list[Table]:
+    """Per pruning ratio and concept set with probed cells (eval.robustness): the erasing methods
+    ranked by plain presence of the erased concepts and by the attacks' success rates, with
+    each row's interval, and a note per attack on where the two orders differ and whether that
+    difference is beyond noise. The floor row (a model that never learned the concepts) is a
+    reference, never ranked."""
+    by_id, tables = by_id_map(records), []
+    probed = [r for r in records if r.erases and any(k.startswith("robust/asr_soft/") for k in r.metrics)]
+    for (ratio, concepts), block in sorted(group(probed, lambda r: (r.ratio, r.concepts)).items()):
+        columns = [Column("method", "method"), Column("K", "K")]
+        for name, key in RANKED_BY:
+            columns += [Column(name, key, "min"), Column("rank", f"{key}#rank")]
+        columns += [Column("Pre-ASR", "robust/pre_asr_erased", "min"), Column("relearn steps", "robust/relearn_steps_erased", "max"),
+                    Column("n", "n")]
+        kernel = kernel_split(block)
+        settings = group(block, lambda r: (r.label, r.K, kernel(r)))
+        rows = []
+        for (label, K, ks), members in sorted(settings.items(), key=lambda kv: (order(kv[1][0]), kv[0][0], kv[0][1] or 0, kv[0][2] or "")):
+            row = {**row_of(with_kernel(label, ks), members, columns, by_id, erased=concepts), "K": K}
+            row["_setting"] = with_kernel(label, ks) + (f" K={K}" if K is not None else "")
+            rows.append(row)
+        ranked = [r for r in rows if all(isinstance(r.get(k), Stat) for _, k in RANKED_BY)]
+        for _, key in RANKED_BY:
+            for i, r in enumerate(sorted(ranked, key=lambda r: r[key].mean)):
+                r[f"{key}#rank"] = i + 1
+        notes = [f"Pruning ratio {ratio}; erased: {', '.join(concepts)}. Lower is better for presence and ASR: rank 1 is the "
+                 "method whose erasure shows least (plain) or survives the attack best.", INTERVAL_NOTE]
+        if len(ranked) > 1:
+            notes += [_order_note(ranked, name, key) for name, key in RANKED_BY[1:]]
+        reference = set()
+        if floors := never_learned(block):
+            reference.add(len(rows))
+            rows.append({**row_of(NEVER_LEARNED_LABEL, floors, columns, by_id, erased=concepts), "K": None})
+        notes.append(kernel_note(block))
+        tables.append(Table(f"Erased or hidden, ratio {ratio}, {'+'.join(concepts)}: ranking by presence and by attack",
+                            drop_empty(columns, rows), rows, notes, reference))
+    return tables
+
+
 def paper_tables(records: list[Record], published: bool = False) -> list[Table]:
-    return [*style_removal(records, published), *ratio_loss(records), *k_ablation(records)]
+    return [*style_removal(records, published), *ratio_loss(records), *k_ablation(records), *erased_or_hidden(records)]
 
 
 # -- outputs ------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 
 from harness.record import Record
 from harness.render import Mark, Stat, latex, markdown, to_csv
-from analysis.tables import k_ablation, ratio_loss, style_removal
+from analysis.tables import erased_or_hidden, k_ablation, ratio_loss, style_removal
 from harness.summary import overview
 
 
@@ -135,3 +135,36 @@ def test_evaluation_noise_decides_what_is_bold_and_the_floor_row_is_a_reference(
     labels = [r["method"] for r in rows]
     assert labels[:2] == ["teacher", "real renders (noise floor)"]
     assert rows[1]["fid"] == Stat(0.7, None, 1, 0.05) and rows[1]["presence_erased"].mean == 99.0
+
+
+def test_erasers_are_ranked_by_presence_and_by_attack_and_a_reversal_is_weighed_against_noise():
+    """Three seeds of three erasers: ESD shows the concept most without attack, concept ablation
+    least; under the soft attack concept ablation is broken most, beyond noise (spread 1 over
+    seeds); the discrete attack keeps the presence order. The never-learned floor is a
+    reference row, never ranked; cells that were not probed make no table."""
+    def cell(method, seed, presence, soft, discrete, eraser="esd", K=None):
+        robust = {f"robust/{k}/{c}": v for k, v in (("pre_asr", presence), ("asr_soft", soft), ("asr_discrete", discrete),
+                                                    ("relearn_steps", 4)) for c in ("stripes", "dots")}
+        robust |= {f"robust/floor/asr_soft/{c}": 3.0 for c in ("stripes", "dots")}
+        return rec(method, seed, eraser=eraser, K=K, **concept_metrics(presence + seed, presence + seed), **robust)
+
+    records = [cell("two_stage", s, 30, 50 + s, 20 + s) for s in range(3)]
+    records += [cell("two_stage", s, 5, 80 + s, 10 + s, eraser="concept_ablation") for s in range(3)]
+    records += [cell("bilevel", s, 15, 40 + s, 15 + s, K=5) for s in range(3)]
+    assert erased_or_hidden([rec("two_stage", s, **concept_metrics(30, 30)) for s in range(3)]) == []
+    (table,) = erased_or_hidden(records)
+    assert table.title == "Erased or hidden, ratio 0.1, stripes+dots: ranking by presence and by attack"
+    rows = {r["method"]: r for r in table.rows}
+    ranks = {m: (r["presence_erased#rank"], r["robust/asr_soft_erased#rank"], r["robust/asr_discrete_erased#rank"])
+             for m, r in rows.items() if m != "never learned (robustness floor)"}
+    assert ranks == {"two-stage + esd": (3, 2, 3), "two-stage + concept_ablation": (1, 3, 1), "bilevel (alternating, esd)": (2, 1, 2)}
+    assert rows["never learned (robustness floor)"]["robust/asr_soft_erased"].mean == 3.0
+    assert "presence_erased#rank" not in rows["never learned (robustness floor)"] or \
+        rows["never learned (robustness floor)"]["presence_erased#rank"] is None
+    soft, discrete = [n for n in table.notes if n.startswith("By ASR")]
+    assert soft.startswith("By ASR soft: bilevel (alternating, esd) K=5 < two-stage + esd < two-stage + concept_ablation;")
+    # presence 5 vs 30 (sd 1 over 3 seeds each: interval 1.96 × √(2/3) = 1.6): beyond noise; soft 80 vs 50 too
+    assert "two-stage + concept_ablation vs two-stage + esd: presence +25.0 ± 1.6 (beyond noise), ASR soft -30.0 ± 1.6 (beyond noise)" in soft
+    assert "Kendall τ with the presence order -0.33" in soft  # one pair of three agrees
+    assert discrete.endswith("Kendall τ with the presence order +1.00. Same order.")
+    assert "ASR soft ↓" in markdown(table) and "rank" in markdown(table)
