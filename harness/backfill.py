@@ -43,7 +43,9 @@ def backfill(out_dir: Path, uri: str | None = None, experiment: str = "harness")
         if run.state.get("synced"):
             synced += 1
             continue
-        run.start()
+        # the tags a live cell gets from its environment (commit, kernel set, SLURM job): from its record
+        env_path = cell.path("environment.json")
+        run.start(json.loads(env_path.read_text()) if env_path.exists() else None)
         if cell.done:
             ok = run.finish(cell.results())
         else:

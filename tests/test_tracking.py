@@ -40,6 +40,11 @@ def test_cell_finishes_when_mlflow_is_down_and_backfill_is_idempotent(tmp_path):
     assert first["cells_synced"] == 1 and not first["tracking_down"]
     (run,) = runs(out)
     assert run.data.tags["harness.cell_id"] == cell.name
+    # the tags a live cell gets from its environment, from the cell's record: commit and kernel set
+    env = json.loads((cell / "environment.json").read_text())
+    assert run.data.tags["harness.kernel_set"] == env["kernel_set"] and env["kernel_set"]
+    assert run.data.tags["numerics.cpu_capability"] == env["numerics"]["cpu_capability"]
+    assert run.data.tags.get("mlflow.source.git.commit") == (env.get("git") or {}).get("commit")
     assert run.data.metrics["heldout_mse"] == results["metrics"]["heldout_mse"]
     assert any(k.startswith("finetune/lower/") for k in run.data.metrics)
 
