@@ -135,14 +135,19 @@ ATTACKS = {"soft": "soft prefix attack", "discrete": "discrete attack"}
 
 def sample_grids(study: Study, client, columns: int = 6) -> list[tuple[str, object]]:
     """One figure per erased concept: a representative cell per method (lowest seed, lowest
-    ratio, then lowest K), its first prompts; below a probed cell's row, a row per attack
+    ratio, a cell erasing that concept alone before one erasing it in a set, a probed cell
+    before one not probed, then lowest K), its first prompts; below a probed cell's row, a row per attack
     (eval.robustness) with the same prompts and seeds under the found prefix (the discrete
     one's typed words under each image)."""
     out = []
     concepts = sorted({c for r in study.completed if r.erases for c in r.concepts})
     for concept in concepts:
         picks: dict[str, Record] = {}
-        for r in sorted(study.completed, key=lambda r: (r.seed, r.ratio or 0, r.K or 0)):
+        def rank(r):  # the cell a method's row shows
+            probed = f"robust/asr_soft/{concept}" in r.metrics
+            return r.seed, r.ratio or 0, len(r.concepts) if r.erases else 0, not probed, r.K or 0
+
+        for r in sorted(study.completed, key=rank):
             if r.run_id and (not r.erases or concept in r.concepts):
                 picks.setdefault(r.label, r)
         labels = sorted(picks, key=lambda x: (order(picks[x]), x))
