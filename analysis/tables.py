@@ -150,8 +150,7 @@ def _order_note(rows: list[dict], name: str, key: str) -> str:
     interval excludes 0)."""
     by_presence = sorted(rows, key=lambda r: r["presence_erased"].mean)
     by_attack = sorted(rows, key=lambda r: r[key].mean)
-    label = [r["_setting"] for r in by_presence]
-    tau = _kendall_tau(label, [r["_setting"] for r in by_attack])
+    tau = _kendall_tau([r["_setting"] for r in by_presence], [r["_setting"] for r in by_attack])
     flips = []
     for i, a in enumerate(by_presence):
         for b in by_presence[i + 1:]:
