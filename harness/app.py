@@ -97,6 +97,10 @@ def check(argv: list[str]) -> None:
         from harness import numerics
 
         numerics.reexec_pinned(argv)  # CPU kernels are chosen at a library's first use: pin them from the start
+    if config is not None:
+        from harness import tracker_process
+
+        tracker_process.start(config)  # MLflow's start-up beside the imports that validation begins
     if "-m" in argv or "--multirun" in argv:
         from harness.sweeper import hand_over
 

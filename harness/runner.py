@@ -25,6 +25,7 @@ from harness.env import environment
 from harness.evaluation import evaluate, probe, recovery
 from harness.method import get_method
 from harness.pruning import save_pruned
+from harness.tracker_process import open_tracker
 from harness.tracking import CellRun, Tracker
 from harness.trainer import Trainer, TrainConfig
 from harness.errors import CellStopped, ConfigError
@@ -83,7 +84,7 @@ def run_cell(cfg: DictConfig, tracker: Tracker | None = None, observer=None, val
     if cell.done:
         distributed.decide(False)
         return add_robustness(cfg, cell, tracker)
-    tracker = tracker or Tracker(cfg)
+    tracker = tracker or open_tracker(cfg)
     with cell.lock():
         if cell.done:  # finished by another process while we waited
             distributed.decide(False)
@@ -123,7 +124,7 @@ def add_robustness(cfg: DictConfig, cell: Cell, tracker: Tracker | None = None) 
         results["robustness"] = {"budget": robustness.budget(cfg), "seconds": time.perf_counter() - t0, "added_at": _now()}
         write_atomic(cell.path("results.json"), json.dumps(results, indent=1, default=str))
         cell.append_metrics({"time": time.time(), "stage": "robustness", "step": 0, "values": metrics})
-        tracker = tracker or Tracker(cfg)
+        tracker = tracker or open_tracker(cfg)
         run = CellRun(tracker, cell, cfg.tracking.get("parent_run_id"), cfg.tracking.flush_every_s)
         if run_id := run.state.get("run_id"):  # a tracker that is down: backfill sends the line later
             run.flush(force=True, final=True)

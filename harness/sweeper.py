@@ -97,7 +97,8 @@ class HarnessSweeper(Sweeper):
 
     # -- the sweep -------------------------------------------------------------------------
     def sweep(self, arguments: list[str]) -> Any:
-        from harness.tracking import SWEEP_TAG, Tracker
+        from harness.tracker_process import open_tracker
+        from harness.tracking import SWEEP_TAG
 
         t0 = time.perf_counter()
         handed = _PLANNED.pop(tuple(arguments), None)
@@ -126,7 +127,7 @@ class HarnessSweeper(Sweeper):
               + (f"{len(running)} queued or running, " if on_slurm else "") + f"{len(pending)} to run", flush=True)
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(folder / "cells.json", json.dumps([describe(c, o) for c, o in cells], indent=1))
-        tracker = Tracker(self.config)
+        tracker = open_tracker(self.config)
         parent = tracker.get_or_create_run(SWEEP_TAG, sweep_id, sweep_id, {"harness.sweep": name, "harness.cells": len(cells)})
         if parent:  # the planned cells: analysis marks the ones with no finished run as missing
             tracker.log_artifact(parent, folder / "cells.json")

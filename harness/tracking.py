@@ -195,9 +195,12 @@ class Tracker:
             if v is not None:
                 self.call("set tag", "set_tag", run_id, k, str(v))
 
-    def log_artifact(self, run_id: str, path: Path) -> None:
-        if path.exists():
+    def log_artifact(self, run_id: str, path: Path | str) -> None:
+        if Path(path).exists():
             self.call("log artifact", "log_artifact", run_id, str(path))
+
+    def log_artifacts(self, run_id: str, folder: Path | str, artifact_path: str) -> None:
+        self.call("log artifacts", "log_artifacts", run_id, str(folder), artifact_path)
 
     def terminate(self, run_id: str, status: str = "FINISHED") -> None:
         self.call("terminate", "set_terminated", run_id, status)
@@ -328,7 +331,7 @@ class CellRun:
                 (dest / "prompts.jsonl").write_text("\n".join(lines) + "\n")
                 for line in lines:
                     shutil.copy(prompts.parent / json.loads(line)["file"], dest)
-            self.tracker.call("log artifacts", "log_artifacts", run_id, tmp, "images")
+            self.tracker.log_artifacts(run_id, tmp, "images")
 
     def finish(self, results: dict | None, status: str = "FINISHED") -> bool:
         """Final metrics, artifacts, status. Returns True when MLflow has everything."""

@@ -274,3 +274,73 @@ def test_a_new_out_dirs_store_comes_from_the_template(tmp_path, monkeypatch):
     assert tracker.get_or_create_run("harness.cell_id", "c0", "c0", {}) is not None
     assert made == [tmp_path / "out" / "mlflow.db"] and (tmp_path / "out" / "mlflow.db").is_file()
     assert (tmp_path / "cache" / "mlflow-store").is_dir()
+
+
+def test_the_mlflow_helper_process_tracks_as_the_tracker_does_and_its_loss_costs_a_warning(tmp_path):
+    """A `python -m harness` run tracks through a helper process (harness/tracker_process.py):
+    what it logs reaches MLflow as the in-process Tracker's calls would, a failing call comes
+    back as the one warning line, and a helper that died leaves the run going untracked with
+    that warning; a config with other tracking settings gets a Tracker of its own."""
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    from harness import tracker_process
+    from harness.tracking import CELL_TAG, Tracker
+
+    class Warnings(logging.Handler):  # on the harness logger itself (setup_logging stops its propagation)
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    warnings = Warnings()
+    out = tmp_path / "out"
+    cfg = compose(["tracking.enabled=true"], out)
+    helper = tracker_process.TrackerProcess(tracker_process.settings(cfg))
+    monkeypatched = pytest.MonkeyPatch()
+    monkeypatched.setattr(tracker_process, "_helper", helper)
+    logging.getLogger("harness").addHandler(warnings)
+    try:
+        tracker = tracker_process.open_tracker(cfg)
+        assert isinstance(tracker, tracker_process.HelperTracker)
+        other = compose(["tracking.enabled=true", "tracking.experiment=other"], out)
+        assert isinstance(tracker_process.open_tracker(other), Tracker)  # not the helper's settings
+        run_id = tracker.get_or_create_run(CELL_TAG, "c1", "cell c1", {"harness.method": "distill", "none": None})
+        assert run_id and tracker.get_or_create_run(CELL_TAG, "c1", "again", {}) == run_id  # found, not made twice
+        assert tracker.log_metrics(run_id, [{"time": 1.0, "step": 3, "values": {"fid": 12.5, "flag": True, "note": "x"}}])
+        tracker.log_params(run_id, {"finetune.steps": "4"})
+        tracker.set_tags(run_id, {"harness.seed": 0})
+        (tmp_path / "a.txt").write_text("a")
+        (tmp_path / "images").mkdir()
+        (tmp_path / "images" / "b.txt").write_text("b")
+        tracker.log_artifact(run_id, tmp_path / "a.txt")
+        tracker.log_artifacts(run_id, tmp_path / "images", "images")
+        tracker.terminate(run_id)
+        client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.metrics == {"fid": 12.5}
+        assert run.data.params == {"finetune.steps": "4"} and run.data.tags["harness.seed"] == "0"
+        assert run.data.tags["harness.method"] == "distill" and "none" not in run.data.tags
+        assert sorted(a.path for a in client.list_artifacts(run_id)) == ["a.txt", "images"]
+
+        assert not warnings.lines
+        assert not tracker.log_metrics("no-such-run", [{"time": 1.0, "step": 0, "values": {"fid": 1.0}}])
+        assert tracker.down and len(warnings.lines) == 1 and "MLflow unavailable" in warnings.lines[0], warnings.lines
+        assert tracker.log_metrics(run_id, [{"time": 1.0, "step": 4, "values": {"fid": 1.0}}]) is False  # down: nothing more is sent
+
+        helper.proc.kill()
+        helper.proc.wait()
+        warnings.lines.clear()
+        after = tracker_process.HelperTracker(helper, cfg)
+        assert after.get_or_create_run(CELL_TAG, "c2", "cell c2", {}) is None
+        after.terminate("anything")
+        assert after.down and len(warnings.lines) == 1 and "MLflow unavailable" in warnings.lines[0], warnings.lines
+        assert isinstance(tracker_process.open_tracker(cfg), Tracker)  # a dead helper: tracking here
+    finally:
+        logging.getLogger("harness").removeHandler(warnings)
+        monkeypatched.undo()
+        if helper.proc.poll() is None:
+            helper.proc.kill()

@@ -17,6 +17,10 @@ class CellJob:
     def __call__(self) -> dict:
         from omegaconf import OmegaConf
 
+        from harness import tracker_process
+
+        tracker_process.start(OmegaConf.create(self.config), self.cwd)  # MLflow's start-up beside the imports below
+
         from harness import distributed
         from harness.logs import setup_logging
         from harness.cell import Cell
