@@ -91,9 +91,10 @@ class HelperTracker:
         try:
             result, self.down = self.helper.ask(self.number, method, *args)
         except (OSError, json.JSONDecodeError) as exc:
+            from harness.tracking import unavailable
+
             self.down = True
-            log.warning("MLflow unavailable at %s (%s); results stay on disk, run `python -m harness.backfill --out-dir %s` later",
-                        self.uri, exc, self.out_dir)
+            log.warning("%s", unavailable(self.uri, str(exc), self.out_dir))
             return None
         return result
 
@@ -172,7 +173,7 @@ def serve(requests, answers) -> None:
     nothing behind, and opening a new store writes it."""
     import importlib
 
-    from harness.tracking import Tracker
+    from harness.tracking import Tracker, unavailable
 
     for module in ("mlflow.tracking", "mlflow.entities", "mlflow.store.tracking.sqlalchemy_store"):
         importlib.import_module(module)
@@ -193,8 +194,7 @@ def serve(requests, answers) -> None:
             result = getattr(tracker, method) if method == "available" else getattr(tracker, method)(*args)
         except Exception as exc:  # a bug here must not fail the cell: tracking goes down with a warning
             tracker.down = True
-            collect.records.append((logging.WARNING, f"MLflow unavailable at {tracker.uri} ({method}: {type(exc).__name__}: {exc}); "
-                                                     f"results stay on disk, run `python -m harness.backfill --out-dir {tracker.out_dir}` later"))
+            collect.records.append((logging.WARNING, unavailable(tracker.uri, f"{method}: {type(exc).__name__}: {exc}", tracker.out_dir)))
             result = None
         answers.write(json.dumps({"result": result, "down": tracker.down, "logged": collect.records}, default=str) + "\n")
         answers.flush()

@@ -43,6 +43,11 @@ def flatten(tree, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def unavailable(uri: str, why: str, out_dir) -> str:
+    """The one warning line of a tracking store that went down."""
+    return f"MLflow unavailable at {uri} ({why}); results stay on disk, run `python -m harness.backfill --out-dir {out_dir}` later"
+
+
 class Tracker:
     """Guarded access to one MLflow experiment."""
 
@@ -85,8 +90,7 @@ class Tracker:
                 return fn(*args, **kwargs)
         except Exception as exc:  # any tracking failure must not fail the cell
             self.down = True
-            log.warning("MLflow unavailable at %s (%s: %s); results stay on disk, run `python -m harness.backfill --out-dir %s` later",
-                        self.uri, what, exc, self.out_dir)
+            log.warning("%s", unavailable(self.uri, f"{what}: {exc}", self.out_dir))
             return None
 
     @contextmanager
