@@ -46,10 +46,15 @@ class TrackerProcess:
         self._from_helper, from_helper_w = os.pipe()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (_repo(), os.environ.get("PYTHONPATH")) if p)}
         # stdin closed, stdout to stderr: the harness's stdout is its tables and summaries
-        self.proc = subprocess.Popen([sys.executable, "-m", "harness.tracker_process", str(to_helper_r), str(from_helper_w)],
-                                     pass_fds=(to_helper_r, from_helper_w), stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
-                                     env=env, cwd=cwd)
-        os.close(to_helper_r)
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "harness.tracker_process", str(to_helper_r), str(from_helper_w)],
+                                         pass_fds=(to_helper_r, from_helper_w), stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
+                                         env=env, cwd=cwd)
+        except BaseException:  # no helper: none of the four ends stays open
+            for fd in (to_helper_r, self._to_helper, self._from_helper, from_helper_w):
+                os.close(fd)
+            raise
+        os.close(to_helper_r)  # the helper's ends, now its own
         os.close(from_helper_w)
         self._writer = os.fdopen(self._to_helper, "w", buffering=1)
         self._reader = os.fdopen(self._from_helper, "r")
