@@ -13,7 +13,6 @@ planned cells with no finished run are marked, never dropped."""
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 from analysis import paper
 from analysis.records import AnalysisError, Study
 from harness.record import Record, kernel_note, kernel_split
-from harness.render import Z_INTERVAL, Column, Mark, Stat, Table, latex, markdown, to_csv
+from harness.render import Column, Mark, Stat, Table, difference, latex, markdown, quantile, to_csv
 from harness.summary import (COST, FLOOR_LABEL, INTERVAL_NOTE, NEVER_LEARNED_LABEL, QUALITY, ROBUSTNESS, by_id_map, drop_empty,
                              floor_record, group, never_learned, order, overview, row_of, suppression, summarize, with_kernel)
 
@@ -131,9 +130,9 @@ RANKED_BY = [("presence erased", "presence_erased"), ("ASR soft", "robust/asr_so
 
 
 def _difference(a: Stat, b: Stat) -> tuple[float, float | None]:
-    """b − a and the half-width of its 95% interval (None where an se is unknown)."""
-    se = None if a.se is None or b.se is None else math.hypot(a.se, b.se)
-    return b.mean - a.mean, None if se is None else Z_INTERVAL * se
+    """b − a and the half-width of its 95% interval (Welch's t; None where an se is unknown)."""
+    d, se, df = difference(a, b)
+    return d, None if se is None else quantile(df) * se
 
 
 def _kendall_tau(first: list[str], second: list[str]) -> float:

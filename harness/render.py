@@ -3,20 +3,47 @@
 A cell of a table is a Stat (the mean over the completed seeds of a row, ± the half-width of
 its 95% interval), a plain value, a Mark (a row with nothing to show: missing, failed,
 running) or None (not measured). A value is bold only when it is better than every other
-row's beyond noise: by more than Z = 3 standard errors of the difference (a two-sided z-test
-at p < 0.003), so each metric's noise is at most a third of any difference a table highlights.
-The direction is in the header."""
+row's beyond noise: by more than 3 standard errors of the difference, so each metric's noise
+is at most a third of any difference a table highlights, and by more than Student's t at
+p < 0.05 two-sided where a few seeds' spread makes the se itself uncertain (Welch's degrees of
+freedom: 3 seeds against 3 seeds need 2.8-4.3 se). The direction is in the header.
+
+An se comes with its degrees of freedom: None where it is the evaluation noise of hundreds of
+images (normal quantiles), k − 1 where the spread of a row's k seeds decides it."""
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 from dataclasses import dataclass, field
 
 
-Z_BOLD = 3.0  # standard errors of a difference for a value to be bold
-Z_INTERVAL = 1.96  # the printed ± is a 95% interval of the mean
+Z_BOLD = 3.0  # standard errors of a difference for a value to be bold (at least)
+LEVEL = 0.95  # the printed ± is a 95% interval of the mean; a bold difference passes a t-test at 1 − LEVEL too
+
+
+@functools.lru_cache(maxsize=None)
+def quantile(df: float | None) -> float:
+    """The two-sided LEVEL quantile: Student's t with `df` degrees of freedom, the normal's
+    (1.96) where df is None (an se from hundreds of images) or infinite."""
+    from scipy import stats  # (only tables need it: kept off a cell's imports)
+
+    upper = 1 - (1 - LEVEL) / 2
+    return float(stats.norm.ppf(upper) if df is None or math.isinf(df) else stats.t.ppf(upper, df))
+
+
+def welch_df(ses_dfs) -> float | None:
+    """Welch–Satterthwaite degrees of freedom of a sum or difference of independent means, given
+    each one's (se, df): (Σ se²)² / Σ (se⁴ / df); a term with df None counts as exactly known.
+    None where every term is (the normal applies)."""
+    finite = [(se, df) for se, df in ses_dfs if df is not None]
+    if not finite:
+        return None
+    denominator = sum(se ** 4 / df for se, df in finite)
+    total = sum(se * se for se, _ in ses_dfs)
+    return None if denominator == 0 else total * total / denominator
 
 
 @dataclass(frozen=True)
@@ -25,10 +52,11 @@ class Stat:
     sd: float | None  # spread over the row's cells (None: one cell)
     n: int
     se: float | None = None  # standard error of the mean: seeds and evaluation noise (None: unknown)
+    df: float | None = None  # the se's degrees of freedom (None: known from many images; k − 1: from k seeds)
 
     @property
     def half_width(self) -> float | None:
-        return None if self.se is None else Z_INTERVAL * self.se
+        return None if self.se is None else quantile(self.df) * self.se
 
 
 @dataclass(frozen=True)
@@ -74,16 +102,21 @@ class Table:
         return out
 
 
-def _se(value):
-    return value.se if isinstance(value, Stat) else None
+def difference(a: Stat, b: Stat) -> tuple[float, float | None, float | None]:
+    """b − a, its standard error and that se's Welch degrees of freedom (se None: unknown)."""
+    if a.se is None or b.se is None:
+        return b.mean - a.mean, None, None
+    return b.mean - a.mean, math.hypot(a.se, b.se), welch_df([(a.se, a.df), (b.se, b.df)])
 
 
 def _beats(a, b, sign: float) -> bool:
-    """a better than b beyond noise: sign × (b − a) > Z_BOLD × √(se_a² + se_b²)."""
-    se_a, se_b = _se(a), _se(b)
-    if se_a is None or se_b is None:
+    """a better than b beyond noise: sign × (b − a) > max(Z_BOLD, t(df)) × √(se_a² + se_b²)."""
+    if not isinstance(a, Stat) or not isinstance(b, Stat):
         return False
-    return sign * (_number(b) - _number(a)) > Z_BOLD * math.hypot(se_a, se_b)
+    d, se, df = difference(a, b)
+    if se is None:
+        return False
+    return sign * d > max(Z_BOLD, quantile(df)) * se
 
 
 def _number(value):

@@ -38,13 +38,16 @@ def test_seeds_make_one_row_with_an_interval_and_a_clear_best_is_bold():
         "Style removal, ratio 0.1, stripes+dots erased, dots"]
     rows = {r["method"]: r for r in averaged.rows}
     assert list(rows) == ["teacher", "distill only", "two-stage + esd"]
-    # no evaluation noise recorded (se/*): the se of a row is the spread over seeds / √k
-    assert rows["distill only"]["fid"] == Stat(2.0, 1.0, 3, pytest.approx(3 ** -0.5)) and rows["distill only"]["n"] == "3/3"
-    assert rows["two-stage + esd"]["presence_erased"] == Stat(15.5, 0.5, 3, pytest.approx(0.5 / 3 ** 0.5))  # stripes 10..12 and dots 20, averaged
-    assert per_concept[0].rows[2]["presence_erased"] == Stat(11.0, 1.0, 3, pytest.approx(3 ** -0.5))
+    # no evaluation noise recorded (se/*): the se of a row is the spread over seeds / √k, known to k − 1 = 2 df
+    assert rows["distill only"]["fid"] == Stat(2.0, 1.0, 3, pytest.approx(3 ** -0.5), 2) and rows["distill only"]["n"] == "3/3"
+    assert rows["two-stage + esd"]["presence_erased"] == Stat(15.5, 0.5, 3, pytest.approx(0.5 / 3 ** 0.5), 2)  # stripes 10..12 and dots 20, averaged
+    assert per_concept[0].rows[2]["presence_erased"] == Stat(11.0, 1.0, 3, pytest.approx(3 ** -0.5), 2)
     text = markdown(averaged)
-    # 2 vs 4 (se 0.58 and 0): 2 > 3 × 0.58 apart, bold; the interval printed is 1.96 se
-    assert "**2 ± 1.13**" in text and "**15.5 ± 0.566**" in text  # best FID, best erased presence
+    # the interval printed is t(2) = 4.303 se: 4.303 × 0.577 = 2.48 and 4.303 × 0.289 = 1.24.
+    # FID 2 vs 4 (se 0.577 and 0, Welch df 2): 3.5 se apart, which a z-test would call a difference,
+    # but the se itself comes from 3 values: t(2) needs 4.3 se. Presence 15.5 vs 65: far beyond.
+    assert "| 2 ± 2.48 |" in text and "**2 ± 2.48**" not in text
+    assert "**15.5 ± 1.24**" in text
     assert "| 0.5 |" in text and "**0.5**" not in text  # the teacher's FID: better, but a reference
     assert "presence erased ↓" in text and "presence retained ↑" in text
 
@@ -113,7 +116,7 @@ def test_cells_of_different_kernel_sets_are_never_averaged():
     assert "2 kernel sets" in markdown(table)
     records[1].kernel_set = "cpu AVX2 mkl t2"
     (row,) = overview(records).rows
-    assert row["method"] == "distill only" and row["fid"] == Stat(1.5, 2 ** -0.5, 2, pytest.approx(0.5))
+    assert row["method"] == "distill only" and row["fid"] == Stat(1.5, 2 ** -0.5, 2, pytest.approx(0.5), 1)
     assert "Kernel set: cpu AVX2 mkl t2." in markdown(overview(records))
 
 
@@ -163,8 +166,27 @@ def test_erasers_are_ranked_by_presence_and_by_attack_and_a_reversal_is_weighed_
         rows["never learned (robustness floor)"]["presence_erased#rank"] is None
     soft, discrete = [n for n in table.notes if n.startswith("By ASR")]
     assert soft.startswith("By ASR soft: bilevel (alternating, esd) K=5 < two-stage + esd < two-stage + concept_ablation;")
-    # presence 5 vs 30 (sd 1 over 3 seeds each: interval 1.96 × √(2/3) = 1.6): beyond noise; soft 80 vs 50 too
-    assert "two-stage + concept_ablation vs two-stage + esd: presence +25.0 ± 1.6 (beyond noise), ASR soft -30.0 ± 1.6 (beyond noise)" in soft
+    # presence 5 vs 30 (sd 1 over 3 seeds each: se √(2/3), Welch df 4, interval 2.776 × 0.816 = 2.3): beyond noise; soft 80 vs 50 too
+    assert "two-stage + concept_ablation vs two-stage + esd: presence +25.0 ± 2.3 (beyond noise), ASR soft -30.0 ± 2.3 (beyond noise)" in soft
     assert "Kendall τ with the presence order -0.33" in soft  # one pair of three agrees
     assert discrete.endswith("Kendall τ with the presence order +1.00. Same order.")
     assert "ASR soft ↓" in markdown(table) and "rank" in markdown(table)
+
+
+def test_an_interval_from_few_seeds_uses_students_t_and_evaluation_noise_the_normal():
+    """The printed ± is a 95% interval: t(k − 1) where the seeds' spread decides, 1.96 where the
+    cells' own evaluation noise (hundreds of images) is wider; a difference's degrees of freedom
+    are Welch's."""
+    from harness.render import difference, quantile, welch_df
+
+    assert quantile(None) == pytest.approx(1.959964, abs=1e-6) and quantile(2) == pytest.approx(4.302653, abs=1e-6)
+    assert welch_df([(1.0, 2), (1.0, 2)]) == pytest.approx(4.0) and welch_df([(1.0, None), (1.0, None)]) is None
+    assert welch_df([(1.0, 2), (0.0, None)]) == pytest.approx(2.0)  # an exactly known term adds no uncertainty
+    seeds = [rec("distill", s, **concept_metrics(60, 70, fid=f), **{"se/fid": 0.1}) for s, f in enumerate((1.0, 2.0, 3.0))]
+    (row,) = overview(seeds).rows
+    assert row["fid"].df == 2 and row["fid"].half_width == pytest.approx(4.302653 * 3 ** -0.5, rel=1e-6)
+    noisy = [rec("distill", s, **concept_metrics(60, 70, fid=f), **{"se/fid": 3.0}) for s, f in enumerate((1.0, 2.0, 3.0))]
+    (row,) = overview(noisy).rows
+    assert row["fid"].df is None and row["fid"].se == pytest.approx(3.0 / 3 ** 0.5)  # √(Σ se²/k)/√k: 1.96 × 1.73 > 4.30 × 0.58
+    d, se, df = difference(Stat(1.0, None, 1, 0.3), Stat(2.0, 1.0, 3, 0.4, 2))
+    assert (d, se) == (1.0, pytest.approx(0.5)) and df == pytest.approx(0.25 ** 2 / (0.4 ** 4 / 2))
