@@ -5,7 +5,9 @@
     python -m analysis.tables --tracking-uri http://host:5000 --filter "tags.\\`harness.seed\\` = '0'"
 
 Tables: style removal per pruning ratio and concept set (averaged over the erased concepts,
-then per concept), pruning ratio × lower-level loss, and the K ablation of bilevel; each as
+then per concept), pruning ratio × lower-level loss, the K ablation of bilevel, and where cells
+were probed (eval.robustness) their ranking by presence and by attack and the attack's budget
+(ASR against its iterations, from each cell's robustness.json artifact); each as
 Markdown, LaTeX (booktabs) and CSV under <out_dir>/analysis/<sweep>/, logged to the sweep's
 MLflow parent run. Cells that differ only by seed make one row (mean ± sd, count shown);
 planned cells with no finished run are marked, never dropped."""
@@ -204,6 +206,69 @@ def erased_or_hidden(records: list[Record]) -> list[Table]:
     return tables
 
 
+# -- is the attack's budget enough? ASR against its iterations ------------------------------
+def _curves(probe: dict, concepts) -> dict[str, dict[int, float]]:
+    """Per attack, ASR at each checked iteration, averaged over the erased concepts (robustness.json)."""
+    out: dict[str, dict[int, float]] = {}
+    for kind in ("soft", "discrete"):
+        per = [{p["iteration"]: p["asr"] for p in probe["concepts"][c][kind]["curve"]} for c in concepts if c in probe.get("concepts", {})]
+        if per and all(set(c) == set(per[0]) for c in per):
+            out[kind] = {i: sum(c[i] for c in per) / len(per) for i in per[0]}
+    return out
+
+
+def _mean_stat(values: list[float]) -> Stat:
+    """Mean over cells ± its t interval (each cell one value; their spread holds every noise)."""
+    k = len(values)
+    mean = sum(values) / k
+    sd = (sum((v - mean) ** 2 for v in values) / (k - 1)) ** 0.5 if k > 1 else None
+    return Stat(mean, sd, k, None if sd is None else sd / k ** 0.5, k - 1 if k > 1 else None)
+
+
+def attack_budget(records: list[Record], probe_of) -> list[Table]:
+    """Per attack: ASR at each checked iteration of the attack (ASR is cumulative: an attacker
+    stops at its first success), per erasing setting and ratio (mean over seeds) and over every
+    probed cell, and what the last doubling of the budget still added. A curve that still rises
+    at its last check means the printed ASR is a lower bound. `probe_of(record)` gives a probed
+    cell's robustness.json (from MLflow: its artifact)."""
+    probed = [r for r in records if r.state == "completed" and r.erases and any(k.startswith("robust/asr_soft/") for k in r.metrics)]
+    curves = {r.cell: c for r in probed if (probe := probe_of(r)) and (c := _curves(probe, r.concepts))}
+    tables = []
+    for kind in ("soft", "discrete"):
+        cells = [r for r in probed if kind in curves.get(r.cell, {})]
+        budgets = {tuple(sorted(curves[r.cell][kind])) for r in cells}
+        if not cells or len(budgets) != 1:  # cells probed at other budgets are not one curve
+            continue
+        its = list(next(iter(budgets)))
+        columns = [Column("method", "method"), Column("K", "K"), Column("ratio", "ratio"), Column("concepts", "concepts")]
+        columns += [Column(f"ASR @{i}", f"asr@{i}") for i in its]
+        columns += [Column(f"rise {a}→{b}", f"rise{a}") for a, b in zip(its, its[1:])] + [Column("n", "n")]
+
+        def row(label, members, **fixed):
+            values = [curves[r.cell][kind] for r in members]
+            out = {"method": label, "n": f"{len(members)}", **fixed}
+            for i in its:
+                out[f"asr@{i}"] = _mean_stat([v[i] for v in values])
+            for a, b in zip(its, its[1:]):
+                out[f"rise{a}"] = _mean_stat([v[b] - v[a] for v in values])
+            return out
+
+        kernel = kernel_split(cells)
+        rows = [row(with_kernel(label, ks), members, K=K, ratio=ratio, concepts="+".join(concepts))
+                for (ratio, concepts, label, K, ks), members in sorted(group(cells, lambda r: (r.ratio, r.concepts, r.label, r.K, kernel(r) or "")).items(),
+                                                                      key=lambda kv: (kv[0][0], kv[0][1], order(kv[1][0]), kv[0][2], kv[0][3] or 0))]
+        rows.append(row("every probed cell", cells, K=None, ratio=None, concepts=None))
+        last = rows[-1][f"rise{its[-2]}"]
+        verdict = (f"Over all {last.n} probed cells the last doubling ({its[-2]} → {its[-1]} iterations) still added "
+                   f"{last.mean:.1f} ± {last.half_width or 0:.1f} points: " +
+                   ("the curve has not flattened, so ASR at this budget is a lower bound." if last.half_width is not None and last.mean > last.half_width
+                    else "not distinguishable from 0, the curve has flattened at this budget."))
+        tables.append(Table(f"Attack budget, {kind} attack: ASR against its iterations", columns, rows,
+                            ["ASR in % of the probed prompts, cumulative over the checks; rise: ASR gained between two checks. "
+                             "± : 95% interval of the mean over the row's cells (t, n − 1 df).", verdict, kernel_note(cells)]))
+    return tables
+
+
 def paper_tables(records: list[Record], published: bool = False) -> list[Table]:
     return [*style_removal(records, published), *ratio_loss(records), *k_ablation(records), *erased_or_hidden(records)]
 
@@ -237,6 +302,27 @@ def log_to_parent(study: Study, paths, artifact_path: str) -> None:
         client.log_artifact(study.parent_run_id, str(path), artifact_path)
 
 
+def probe_artifact(uri: str):
+    """record -> its robustness.json, read from its MLflow run's artifacts (None where it has none)."""
+    import json
+    import tempfile
+
+    from analysis.records import client_for
+
+    client = client_for(uri)
+
+    def probe_of(record: Record) -> dict | None:
+        if not record.run_id:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                return json.loads(Path(client.download_artifacts(record.run_id, "robustness.json", tmp)).read_text())
+            except Exception:  # no such artifact (a cell probed before it was logged): its curve is left out
+                return None
+
+    return probe_of
+
+
 def common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep", help="a sweep name (its latest sweep) or sweep id")
     parser.add_argument("--filter", help="an MLflow filter expression over cell runs (with or without --sweep)")
@@ -268,6 +354,7 @@ def main(argv=None) -> int:
     if (study := load_study(args)) is None:
         return 2
     tables = paper_tables(study.records, args.paper)
+    tables += attack_budget(study.records, probe_artifact(study.tracking_uri))
     if not tables:
         tables = [overview(study.records)]
     if args.paper and not any(r.real_scale for r in study.records):

@@ -190,3 +190,28 @@ def test_an_interval_from_few_seeds_uses_students_t_and_evaluation_noise_the_nor
     assert row["fid"].df is None and row["fid"].se == pytest.approx(3.0 / 3 ** 0.5)  # √(Σ se²/k)/√k: 1.96 × 1.73 > 4.30 × 0.58
     d, se, df = difference(Stat(1.0, None, 1, 0.3), Stat(2.0, 1.0, 3, 0.4, 2))
     assert (d, se) == (1.0, pytest.approx(0.5)) and df == pytest.approx(0.25 ** 2 / (0.4 ** 4 / 2))
+
+
+def test_the_attack_budget_table_says_whether_the_asr_curve_has_flattened():
+    """ASR against the attack's iterations, from each probed cell's robustness.json: the soft
+    curve still rises by 10 ± 1 points at its last doubling (a lower bound), the discrete one
+    rises by 0 (flat); a cell without a probe record is left out, not counted as zero."""
+    from analysis.tables import attack_budget
+
+    def probe(soft, discrete):
+        curve = lambda values: [{"iteration": i, "asr": v, "loss": 0.0} for i, v in zip((10, 20, 40), values)]
+        return {"concepts": {c: {"soft": {"curve": curve(soft)}, "discrete": {"curve": curve(discrete)}} for c in ("stripes", "dots")}}
+
+    robust = {f"robust/asr_soft/{c}": 1.0 for c in ("stripes", "dots")}
+    records = [rec("two_stage", s, **concept_metrics(10, 20), **robust) for s in range(3)]
+    records.append(rec("two_stage", 3, **concept_metrics(10, 20), **robust))  # probed, but its artifact is missing
+    probes = {r.cell: probe((40, 50 + s, 59 + 2 * s), (30, 30, 30)) for s, r in enumerate(records[:3])}
+    soft, discrete = attack_budget(records, lambda r: probes.get(r.cell))
+    assert soft.title == "Attack budget, soft attack: ASR against its iterations"
+    every = soft.rows[-1]
+    assert every["method"] == "every probed cell" and every["n"] == "3"
+    assert every["asr@40"].mean == pytest.approx(61.0) and every["rise20"].mean == pytest.approx(10.0)
+    assert every["rise20"].half_width == pytest.approx(4.302653 * (1.0 / 3 ** 0.5), rel=1e-6)  # rises 9, 10, 11: sd 1, t(2)
+    assert "still added 10.0 ± 2.5 points: the curve has not flattened" in " ".join(soft.notes)
+    assert "not distinguishable from 0, the curve has flattened" in " ".join(discrete.notes)
+    assert "ASR @40" in markdown(soft)
