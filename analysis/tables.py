@@ -15,6 +15,7 @@ planned cells with no finished run are marked, never dropped."""
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -220,9 +221,8 @@ def _curves(probe: dict, concepts) -> dict[str, dict[int, float]]:
 def _mean_stat(values: list[float]) -> Stat:
     """Mean over cells ± its t interval (each cell one value; their spread holds every noise)."""
     k = len(values)
-    mean = sum(values) / k
-    sd = (sum((v - mean) ** 2 for v in values) / (k - 1)) ** 0.5 if k > 1 else None
-    return Stat(mean, sd, k, None if sd is None else sd / k ** 0.5, k - 1 if k > 1 else None)
+    sd = statistics.stdev(values) if k > 1 else None
+    return Stat(statistics.fmean(values), sd, k, None if sd is None else sd / k ** 0.5, k - 1 if k > 1 else None)
 
 
 def attack_budget(records: list[Record], probe_of) -> list[Table]:
@@ -237,9 +237,8 @@ def attack_budget(records: list[Record], probe_of) -> list[Table]:
     for kind in ("soft", "discrete"):
         cells = [r for r in probed if kind in curves.get(r.cell, {})]
         budgets = {tuple(sorted(curves[r.cell][kind])) for r in cells}
-        if not cells or len(budgets) != 1:  # cells probed at other budgets are not one curve
+        if len(budgets) != 1 or len(its := list(next(iter(budgets)))) < 2:  # other budgets are not one curve; one check is no curve
             continue
-        its = list(next(iter(budgets)))
         columns = [Column("method", "method"), Column("K", "K"), Column("ratio", "ratio"), Column("concepts", "concepts")]
         columns += [Column(f"ASR @{i}", f"asr@{i}") for i in its]
         columns += [Column(f"rise {a}→{b}", f"rise{a}") for a, b in zip(its, its[1:])] + [Column("n", "n")]
@@ -259,7 +258,7 @@ def attack_budget(records: list[Record], probe_of) -> list[Table]:
                                                                       key=lambda kv: (kv[0][0], kv[0][1], order(kv[1][0]), kv[0][2], kv[0][3] or 0))]
         rows.append(row("every probed cell", cells, K=None, ratio=None, concepts=None))
         last = rows[-1][f"rise{its[-2]}"]
-        verdict = (f"Over all {last.n} probed cells the last doubling ({its[-2]} → {its[-1]} iterations) still added "
+        verdict = (f"Over all {last.n} probed cells the last increase of the budget ({its[-2]} → {its[-1]} iterations) still added "
                    f"{last.mean:.1f} ± {last.half_width or 0:.1f} points: " +
                    ("the curve has not flattened, so ASR at this budget is a lower bound." if last.half_width is not None and last.mean > last.half_width
                     else "not distinguishable from 0, the curve has flattened at this budget."))

@@ -215,3 +215,6 @@ def test_the_attack_budget_table_says_whether_the_asr_curve_has_flattened():
     assert "still added 10.0 ± 2.5 points: the curve has not flattened" in " ".join(soft.notes)
     assert "not distinguishable from 0, the curve has flattened" in " ".join(discrete.notes)
     assert "ASR @40" in markdown(soft)
+    single = {r.cell: {"concepts": {c: {k: {"curve": [{"iteration": 80, "asr": 50.0}]} for k in ("soft", "discrete")}
+                                    for c in ("stripes", "dots")}} for r in records}
+    assert attack_budget(records, lambda r: single.get(r.cell)) == []  # one check is no curve
