@@ -35,8 +35,10 @@ from analysis.tables import analysis_dir, common_args, load_study, log_to_parent
 from harness.summary import cell_value, order  # noqa: E402
 
 
-def _colours(ranked: dict[str, int]):
-    """{label: rank} -> {label: colour}, in the methods' order."""
+def _colours(study: Study):
+    """{label: colour} over every cell of the study, in the methods' order: a method keeps its
+    colour in every figure, whichever of its cells a figure shows."""
+    ranked = {r.label: order(r) for r in study.records}
     cmap = plt.get_cmap("tab10")
     return {label: cmap(i % 10) for i, label in enumerate(sorted(ranked, key=lambda x: (ranked[x], x)))}
 
@@ -71,7 +73,7 @@ def quality_vs_suppression(study: Study):
             points.append((r, fid, csd))
     if not points:
         return None
-    colours = _colours({r.label: order(r) for r, _, _ in points})
+    colours = {label: c for label, c in _colours(study).items() if any(r.label == label for r, _, _ in points)}
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for label, colour in colours.items():
         mine = [(f, c) for r, f, c in points if r.label == label]
@@ -91,7 +93,6 @@ LOWER, UPPER = ("/lower/loss", "/inner/loss"), ("/upper/loss", "/outer/loss", "e
 
 def training_curves(study: Study, client):
     curves: dict[tuple[str, str], list[dict[int, float]]] = {}
-    ranks: dict[str, int] = {}
     for r in study.completed:
         if not r.run_id:
             continue
@@ -99,10 +100,9 @@ def training_curves(study: Study, client):
             level = "lower" if key.endswith(LOWER) else "upper" if key.endswith(UPPER) else None
             if level:
                 curves.setdefault((level, r.label), []).append(_history(client, r.run_id, key))
-                ranks[r.label] = order(r)
     if not curves:
         return None
-    colours = _colours(ranks)
+    colours = _colours(study)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for (level, label), runs in sorted(curves.items()):
         ax = axes[0 if level == "lower" else 1]
@@ -225,7 +225,7 @@ def attack_vs_quality(study: Study):
             points.append((r, fid, pre, asr))
     if not points:
         return None
-    colours = _colours({r.label: order(r) for r, *_ in points})
+    colours = {label: c for label, c in _colours(study).items() if any(r.label == label for r, *_ in points)}
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for label, colour in colours.items():
         mine = [(f, p, a) for r, f, p, a in points if r.label == label]

@@ -198,3 +198,33 @@ def test_mlflow_ui_shows_the_sweep_in_chromium(smoke):
     assert f"{first.method}-{first.cell}" in cell
     assert "fid" in cell and repr(first.metrics["fid"])[:8] in cell  # a metric and its value
     assert (shots / "mlflow_runs.png").stat().st_size > 20_000
+
+
+def test_a_method_keeps_its_colour_in_every_figure():
+    """The colours come from every cell of the study, not from the cells a figure shows: a figure
+    without the distilled model's points (attack vs quality: it erases nothing) still draws
+    each eraser in the colour of the quality-vs-suppression figure."""
+    from types import SimpleNamespace
+
+    from matplotlib.colors import to_hex
+
+    from analysis.figures import attack_vs_quality, quality_vs_suppression
+    from tests.test_table import rec
+
+    def metrics(csd, asr):
+        return {"fid": 2.0, "csd/stripes": csd, "csd/dots": csd, "robust/pre_asr/stripes": asr / 2, "robust/pre_asr/dots": asr / 2,
+                "robust/asr_soft/stripes": asr, "robust/asr_soft/dots": asr}
+
+    records = [rec("distill", **{"fid": 1.0, "csd/stripes": 100.0, "csd/dots": 100.0}), rec("two_stage", eraser="concept_ablation", **metrics(40.0, 60.0)),
+               rec("two_stage", **metrics(60.0, 70.0))]
+    study = SimpleNamespace(records=records, completed=records, name="colours")
+
+    def colour_of(figure):
+        (ax,) = figure.axes
+        return {t.get_text(): to_hex(h.get_facecolor()[0]) for t, h in zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles)
+                if hasattr(h, "get_facecolor")}
+
+    quality, attack = colour_of(quality_vs_suppression(study)), colour_of(attack_vs_quality(study))
+    assert "distill only" in quality and "distill only" not in attack
+    erasers = {"two-stage + concept_ablation", "two-stage + esd"}
+    assert erasers <= attack.keys() and {k: quality[k] for k in erasers} == {k: attack[k] for k in erasers}
