@@ -218,3 +218,29 @@ def test_the_attack_budget_table_says_whether_the_asr_curve_has_flattened():
     single = {r.cell: {"concepts": {c: {k: {"curve": [{"iteration": 80, "asr": 50.0}]} for k in ("soft", "discrete")}
                                     for c in ("stripes", "dots")}} for r in records}
     assert attack_budget(records, lambda r: single.get(r.cell)) == []  # one check is no curve
+
+
+def test_compare_gives_a_difference_with_its_welch_interval_and_the_bold_rule():
+    """`python -m analysis.compare`: second − first in a column, the se and Welch df of that
+    difference, and 'beyond noise' exactly where the tables would bold the better row."""
+    from analysis.compare import CompareError, compare, find_table
+    from harness.render import quantile
+
+    records = [rec("distill", s, **concept_metrics(60, 70, fid=f)) for s, f in ((0, 1.0), (1, 2.0), (2, 3.0))]
+    records += [rec("two_stage", s, **concept_metrics(10 + s, 20, fid=4.0)) for s in range(3)]  # one eraser erases far more
+    records += [rec("two_stage", s, eraser="concept_ablation", **concept_metrics(58 + s, 71, fid=2.0)) for s in range(3)]
+    tables = style_removal(records)
+    averaged = find_table(tables, "stripes+dots erased, averaged")
+    c = compare(averaged, "distill only", "two-stage + esd", "presence erased")
+    a, b = (next(r for r in averaged.rows if r["method"] == m)["presence_erased"] for m in ("distill only", "two-stage + esd"))
+    assert c.diff == pytest.approx(b.mean - a.mean) and c.se == pytest.approx((a.se ** 2 + b.se ** 2) ** 0.5)
+    assert c.half_width == pytest.approx(quantile(c.df) * c.se) and c.beyond_noise
+    assert averaged.best()["presence_erased"] == averaged.rows.index(next(r for r in averaged.rows if r["method"] == "two-stage + esd"))
+    close = compare(averaged, "distill only", "two-stage + concept_ablation", "presence erased")
+    assert not close.beyond_noise and "within noise" in close.line("distill only", "two-stage + concept_ablation")
+    with pytest.raises(CompareError, match="no row 'bilevel'.*its rows: .*two-stage \\+ esd"):
+        compare(averaged, "distill only", "bilevel", "FID")
+    with pytest.raises(CompareError, match="no column 'ASR soft'"):
+        compare(averaged, "distill only", "two-stage + esd", "ASR soft")
+    with pytest.raises(CompareError, match="3 tables named like 'stripes'"):
+        find_table(tables, "stripes")
