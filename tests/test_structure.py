@@ -216,7 +216,7 @@ TOOLS = {  # every command-line tool but the Hydra app: argparse, --out-dir wher
     "harness.bench.noise": "harness.bench.noise", "harness.bench.tune": "harness.bench.tune", "harness.bench.macs": "harness.bench.macs",
     "harness.metrics": "harness.metrics.__main__", "harness.metrics.prepare": "harness.metrics.prepare",
     "harness.world.build": "harness.world.build", "harness.export": "harness.export",
-    "harness.robustness": "harness.robustness.__main__", "analysis.tables": "analysis.tables", "analysis.figures": "analysis.figures",
+    "harness.robustness": "harness.robustness.__main__", "analysis.tables": "analysis.tables", "analysis.compare": "analysis.compare", "analysis.figures": "analysis.figures",
     "analysis.notebooks": "analysis.notebooks", "analysis.ui": "analysis.ui", "analysis.tune": "analysis.tune"}
 
 
@@ -238,5 +238,5 @@ def test_every_tool_speaks_argparse_with_help(capsys):
             assert "--out-dir" in out, f"{command} reads a run's outputs but takes no --out-dir"
 
 
-READS_A_RUN = ("harness.jobs", "harness.export", "harness.robustness", "harness.backfill", "analysis.tables", "analysis.figures", "analysis.notebooks", "analysis.ui",
-               "analysis.tune")
+READS_A_RUN = ("harness.jobs", "harness.export", "harness.robustness", "harness.backfill", "analysis.tables", "analysis.compare", "analysis.figures", "analysis.notebooks",
+               "analysis.ui", "analysis.tune")
