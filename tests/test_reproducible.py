@@ -15,6 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, run_cli
 
 REFERENCE = REPO / "tests" / "data" / "reference_cell.json"
@@ -83,15 +85,23 @@ def test_make_test_pins_what_the_reproducible_mode_pins():
     assert dict(kv.split("=", 1) for kv in line.split(":=", 1)[1].split()) == numerics.CPU_PIN
 
 
+@pytest.mark.numerics  # (so the pinned pass checks the label under the pin as well)
 def test_every_cell_records_its_kernel_set(context_for):
-    """Without the mode, a cell records the kernels it really ran (here: this process's)."""
+    """Without the mode, a cell records the kernels it really ran (here: this process's, which
+    `make test` runs both with and without the AVX2 pin in its environment)."""
+    import os
+
     import torch
 
     from harness.env import environment
 
     env = environment("cpu")
     assert env["numerics"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    assert env["kernel_set"] == f"cpu {env['numerics']['cpu_capability']} {env['numerics']['blas']} t{torch.get_num_threads()}"
+    blas = env["numerics"]["blas"]
+    if blas == "mkl" and os.environ.get("MKL_CBWR"):  # MKL's conditional-numerical-reproducibility branch, as pinned
+        blas = "mkl-cnr-" + os.environ["MKL_CBWR"].split(",")[0].lower()
+    dnnl = "" if torch.backends.mkldnn.enabled else " nodnnl"  # the mode turns oneDNN off
+    assert env["kernel_set"] == f"cpu {env['numerics']['cpu_capability']} {blas}{dnnl} t{torch.get_num_threads()}"
     assert env["cpu"] and env["numerics"]["torch"] == torch.__version__
 
 
