@@ -19,7 +19,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from harness.render import Stat, Table, Z_BOLD, difference, quantile
+from harness.render import Stat, Table, beyond_noise, difference, quantile
 
 
 class CompareError(ValueError):
@@ -41,7 +41,7 @@ class Comparison:
 
     @property
     def beyond_noise(self) -> bool:
-        return abs(self.diff) > max(Z_BOLD, quantile(self.df)) * self.se
+        return beyond_noise(self.diff, self.se, self.df)
 
     def line(self, first: str, second: str) -> str:
         test = "normal" if self.df is None else f"Welch t, {self.df:.1f} df"

@@ -23,7 +23,7 @@ from pathlib import Path
 from analysis import paper
 from analysis.records import AnalysisError, Study
 from harness.record import Record, kernel_note, kernel_split
-from harness.render import Column, Mark, Stat, Table, difference, latex, markdown, quantile, to_csv
+from harness.render import Column, Mark, Stat, Table, beyond_noise, difference, latex, markdown, quantile, to_csv
 from harness.summary import (COST, FLOOR_LABEL, INTERVAL_NOTE, NEVER_LEARNED_LABEL, QUALITY, ROBUSTNESS, by_id_map, drop_empty,
                              floor_record, group, never_learned, order, overview, row_of, suppression, summarize, with_kernel)
 
@@ -132,12 +132,6 @@ RANKED_BY = [("presence erased", "presence_erased"), ("ASR soft", "robust/asr_so
              ("ASR discrete", "robust/asr_discrete_erased")]
 
 
-def _difference(a: Stat, b: Stat) -> tuple[float, float | None]:
-    """b − a and the half-width of its 95% interval (Welch's t; None where an se is unknown)."""
-    d, se, df = difference(a, b)
-    return d, None if se is None else quantile(df) * se
-
-
 def _kendall_tau(first: list[str], second: list[str]) -> float:
     """Kendall's τ between two orderings of the same labels (1: the same order, −1: reversed)."""
     pos = {label: i for i, label in enumerate(second)}
@@ -148,8 +142,8 @@ def _kendall_tau(first: list[str], second: list[str]) -> float:
 
 def _order_note(rows: list[dict], name: str, key: str) -> str:
     """How the order by `key` differs from the order by plain presence: τ, and each pair the two
-    put the other way round, with both differences and whether each is beyond noise (its 95%
-    interval excludes 0)."""
+    put the other way round, with both differences (± the 95% interval, Welch's t) and whether
+    each is beyond noise by the tables' bold rule (harness.render.beyond_noise)."""
     by_presence = sorted(rows, key=lambda r: r["presence_erased"].mean)
     by_attack = sorted(rows, key=lambda r: r[key].mean)
     tau = _kendall_tau([r["_setting"] for r in by_presence], [r["_setting"] for r in by_attack])
@@ -160,8 +154,9 @@ def _order_note(rows: list[dict], name: str, key: str) -> str:
                 continue
             parts = []
             for what, k in (("presence", "presence_erased"), (name, key)):
-                d, hw = _difference(a[k], b[k])
-                beyond = "no interval" if hw is None else ("beyond noise" if abs(d) > hw else "within noise")
+                d, se, df = difference(a[k], b[k])
+                hw = None if se is None else quantile(df) * se
+                beyond = "no interval" if se is None else ("beyond noise" if beyond_noise(d, se, df) else "within noise")
                 parts.append(f"{what} {d:+.1f}" + ("" if hw is None else f" ± {hw:.1f}") + f" ({beyond})")
             flips.append(f"{a['_setting']} vs {b['_setting']}: " + ", ".join(parts))
     head = f"By {name}: {' < '.join(r['_setting'] for r in by_attack)}; Kendall τ with the presence order {tau:+.2f}."

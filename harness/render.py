@@ -109,14 +109,20 @@ def difference(a: Stat, b: Stat) -> tuple[float, float | None, float | None]:
     return b.mean - a.mean, math.hypot(a.se, b.se), welch_df([(a.se, a.df), (b.se, b.df)])
 
 
+def beyond_noise(diff: float, se: float, df: float | None) -> bool:
+    """The tables' bold rule for a difference: more than Z_BOLD of its se, and outside its
+    LEVEL interval (Welch's t with `df`, or the normal)."""
+    return abs(diff) > max(Z_BOLD, quantile(df)) * se
+
+
 def _beats(a, b, sign: float) -> bool:
-    """a better than b beyond noise: sign × (b − a) > max(Z_BOLD, t(df)) × √(se_a² + se_b²)."""
+    """a better than b beyond noise: sign × (b − a) > 0 and beyond_noise."""
     if not isinstance(a, Stat) or not isinstance(b, Stat):
         return False
     d, se, df = difference(a, b)
     if se is None:
         return False
-    return sign * d > max(Z_BOLD, quantile(df)) * se
+    return sign * d > 0 and beyond_noise(d, se, df)
 
 
 def _number(value):
