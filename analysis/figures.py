@@ -35,12 +35,13 @@ from analysis.tables import analysis_dir, common_args, load_study, log_to_parent
 from harness.summary import cell_value, order  # noqa: E402
 
 
-def _colours(study: Study):
-    """{label: colour} over every cell of the study, in the methods' order: a method keeps its
-    colour in every figure, whichever of its cells a figure shows."""
+def _colours(study: Study, shown=None):
+    """{label: colour} for the labels a figure shows (default: all), assigned over every cell of
+    the study in the methods' order: a method keeps its colour in every figure."""
     ranked = {r.label: order(r) for r in study.records}
     cmap = plt.get_cmap("tab10")
-    return {label: cmap(i % 10) for i, label in enumerate(sorted(ranked, key=lambda x: (ranked[x], x)))}
+    colours = {label: cmap(i % 10) for i, label in enumerate(sorted(ranked, key=lambda x: (ranked[x], x)))}
+    return colours if shown is None else {label: c for label, c in colours.items() if label in shown}
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -73,7 +74,7 @@ def quality_vs_suppression(study: Study):
             points.append((r, fid, csd))
     if not points:
         return None
-    colours = {label: c for label, c in _colours(study).items() if any(r.label == label for r, _, _ in points)}
+    colours = _colours(study, {r.label for r, _, _ in points})
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for label, colour in colours.items():
         mine = [(f, c) for r, f, c in points if r.label == label]
@@ -225,7 +226,7 @@ def attack_vs_quality(study: Study):
             points.append((r, fid, pre, asr))
     if not points:
         return None
-    colours = {label: c for label, c in _colours(study).items() if any(r.label == label for r, *_ in points)}
+    colours = _colours(study, {r.label for r, *_ in points})
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for label, colour in colours.items():
         mine = [(f, p, a) for r, f, p, a in points if r.label == label]
