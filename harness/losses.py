@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from harness.distributed import batch_draw
-from harness.pruning import feature_blocks
 
 
 def sample_timesteps(scheduler, n: int, generator: torch.Generator, device) -> torch.Tensor:
@@ -56,6 +55,8 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
 def record_block_outputs(unet):
     """Collect the outputs of the UNet's feature blocks during a forward (references only:
     no copies are made)."""
+    from harness.pruning import feature_blocks  # (diffusers: not for a process that only checks a config)
+
     outputs: dict[str, torch.Tensor] = {}
     hooks = []
     for name, block in feature_blocks(unet).items():

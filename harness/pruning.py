@@ -29,9 +29,8 @@ from torch import nn
 
 from harness.errors import ConfigError
 from harness.files import write_atomic, write_via
+from harness.schema import IMPORTANCES
 from harness.student_loader import build_pruned_unet, sync_module_attributes
-
-IMPORTANCES = ("magnitude", "random", "taylor")
 # torch-pruning traces the UNet with gradients: at SD 2.1's own 64 x 64 latents that kept over
 # 21 GB alive and was killed on a 24 GB machine. The dependency graph and magnitude or random
 # importance do not depend on the latent size (tests/test_pruning.py: the same student), so

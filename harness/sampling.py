@@ -5,22 +5,24 @@ evaluation where the authors' protocol uses it (`eval.sampler=pndm`)."""
 from __future__ import annotations
 
 import torch
-from diffusers import DDIMScheduler, PNDMScheduler
 
 from harness.distributed import batch_draw
 from harness.models.parts import DiffusionParts
 
-
-SAMPLERS = {"ddim": DDIMScheduler, "pndm": PNDMScheduler}
+# diffusers' scheduler classes by `kind`, imported where a sampler is made: the erasers import
+# this module, and checking a config (which imports the erasers' keys) must not import diffusers
+SAMPLERS = {"ddim": "DDIMScheduler", "pndm": "PNDMScheduler"}
 
 
 def sampler_scheduler(parts: DiffusionParts, kind: str = "ddim"):
     """The diffusers scheduler the harness samples with (`kind`: ddim | pndm), before its steps
     are set: what an exported student's pipeline carries (harness.export)."""
+    import diffusers
+
     config = {k: v for k, v in parts.sampler_config.items() if not k.startswith("_")}
     if kind == "pndm":
         config["skip_prk_steps"] = True  # PLMS as Stable Diffusion's pipelines run it
-    return SAMPLERS[kind].from_config(config)
+    return getattr(diffusers, SAMPLERS[kind]).from_config(config)
 
 
 def make_sampler(parts: DiffusionParts, steps: int, kind: str = "ddim"):

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from tests.conftest import REPO, SMALL, SMALL_WORLD, run_cli
 
 # eval.backbone=none: an erasing cell would otherwise also run its distilled reference cell.
-ARGS = [*SMALL_WORLD, *SMALL, "finetune.steps=60", "runtime.checkpoint_every=5", "tracking.enabled=false", "eval.backbone=none"]
+ARGS = [*SMALL_WORLD, *SMALL, "finetune.steps=30", "runtime.checkpoint_every=5", "tracking.enabled=false", "eval.backbone=none"]
 
 
 def cell_dir(out):

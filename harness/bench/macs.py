@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     if not ratios or not all(0.0 < r < 1.0 for r in ratios):
         print(f"error: --ratios={args.ratios} is not accepted: comma-separated numbers strictly between 0 and 1", file=sys.stderr)
         return 2
-    from harness.pruning import IMPORTANCES
+    from harness.schema import IMPORTANCES
 
     if args.importance not in IMPORTANCES:
         print(f"error: --importance={args.importance} is not accepted: one of {', '.join(IMPORTANCES)}", file=sys.stderr)
