@@ -213,6 +213,43 @@ def _curves(probe: dict, concepts) -> dict[str, dict[int, float]]:
     return out
 
 
+def _ceiling(probe: dict, concepts) -> dict[str, float] | None:
+    """What the attacks can bring back at most: the original model's presence on the probe's
+    prompts and seeds (`original_hits`; its image is what the attack reconstructs), and per
+    attack the % of those prompts it did bring back by its last check, averaged over the
+    erased concepts. None where a record has no `original_hits` (or the original shows none)."""
+    found = [probe["concepts"][c] for c in concepts if c in probe.get("concepts", {})]
+    if not found or not all(f.get("original_hits") and any(f["original_hits"]) for f in found):
+        return None
+    out = {"ceiling": statistics.fmean(100 * sum(f["original_hits"]) / len(f["original_hits"]) for f in found)}
+    for kind in ("soft", "discrete"):
+        if all(len(f.get(kind, {}).get("hits") or []) == len(f["original_hits"]) for f in found):
+            out[kind] = statistics.fmean(100 * sum(h and o for h, o in zip(f[kind]["hits"], f["original_hits"])) / sum(f["original_hits"])
+                                         for f in found)
+    return out
+
+
+def _kendall_tau_b(x: list[float], y: list[float]) -> float | None:
+    """Kendall's τ-b between two scorings of the same items (ties allowed: ASRs of 32 prompts
+    tie often); None where either scoring is constant."""
+    concordant = discordant = tied_x = tied_y = 0
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            dx, dy = x[i] - x[j], y[i] - y[j]
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                tied_x += 1
+            elif dy == 0:
+                tied_y += 1
+            elif (dx > 0) == (dy > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    denominator = ((concordant + discordant + tied_x) * (concordant + discordant + tied_y)) ** 0.5
+    return (concordant - discordant) / denominator if denominator else None
+
+
 def _mean_stat(values: list[float]) -> Stat:
     """Mean over cells ± its t interval (each cell one value; their spread holds every noise)."""
     k = len(values)
@@ -227,7 +264,9 @@ def attack_budget(records: list[Record], probe_of) -> list[Table]:
     at its last check means the printed ASR is a lower bound. `probe_of(record)` gives a probed
     cell's robustness.json (from MLflow: its artifact)."""
     probed = [r for r in records if r.state == "completed" and r.erases and any(k.startswith("robust/asr_soft/") for k in r.metrics)]
-    curves = {r.cell: c for r in probed if (probe := probe_of(r)) and (c := _curves(probe, r.concepts))}
+    probes = {r.cell: probe for r in probed if (probe := probe_of(r))}
+    curves = {cell: c for r in probed if (probe := probes.get(cell := r.cell)) and (c := _curves(probe, r.concepts))}
+    ceilings = {r.cell: c for r in probed if r.cell in probes and (c := _ceiling(probes[r.cell], r.concepts))}
     tables = []
     for kind in ("soft", "discrete"):
         cells = [r for r in probed if kind in curves.get(r.cell, {})]
@@ -236,7 +275,11 @@ def attack_budget(records: list[Record], probe_of) -> list[Table]:
             continue
         columns = [Column("method", "method"), Column("K", "K"), Column("ratio", "ratio"), Column("concepts", "concepts")]
         columns += [Column(f"ASR @{i}", f"asr@{i}") for i in its]
-        columns += [Column(f"rise {a}→{b}", f"rise{a}") for a, b in zip(its, its[1:])] + [Column("n", "n")]
+        columns += [Column(f"rise {a}→{b}", f"rise{a}") for a, b in zip(its, its[1:])]
+        with_ceiling = all(kind in ceilings.get(r.cell, {}) for r in cells)  # (records from before original_hits: none)
+        if with_ceiling:
+            columns += [Column("ceiling", "ceiling"), Column(f"of ceiling @{its[-1]}", "reached")]
+        columns += [Column("n", "n")]
 
         def row(label, members, **fixed):
             values = [curves[r.cell][kind] for r in members]
@@ -245,6 +288,9 @@ def attack_budget(records: list[Record], probe_of) -> list[Table]:
                 out[f"asr@{i}"] = _mean_stat([v[i] for v in values])
             for a, b in zip(its, its[1:]):
                 out[f"rise{a}"] = _mean_stat([v[b] - v[a] for v in values])
+            if with_ceiling:
+                out["ceiling"] = _mean_stat([ceilings[r.cell]["ceiling"] for r in members])
+                out["reached"] = _mean_stat([ceilings[r.cell][kind] for r in members])
             return out
 
         kernel = kernel_split(cells)
@@ -257,9 +303,18 @@ def attack_budget(records: list[Record], probe_of) -> list[Table]:
                    f"{last.mean:.1f} ± {last.half_width or 0:.1f} points: " +
                    ("the curve has not flattened, so ASR at this budget is a lower bound." if last.half_width is not None and last.mean > last.half_width
                     else "not distinguishable from 0, the curve has flattened at this budget."))
-        tables.append(Table(f"Attack budget, {kind} attack: ASR against its iterations", columns, rows,
-                            ["ASR in % of the probed prompts, cumulative over the checks; rise: ASR gained between two checks. "
-                             "± : 95% interval of the mean over the row's cells (t, n − 1 df).", verdict, kernel_note(cells)]))
+        notes = ["ASR in % of the probed prompts, cumulative over the checks; rise: ASR gained between two checks. "
+                 "± : 95% interval of the mean over the row's cells (t, n − 1 df).", verdict]
+        if with_ceiling:
+            notes.append("ceiling: % of the probed prompts whose image from the original model (the image the attack "
+                         f"reconstructs) shows the concept; of ceiling @{its[-1]}: % of those prompts the attack brought back.")
+        if len(cells) >= 3:  # does a smaller budget rank the cells as the last one does?
+            last_values = [curves[r.cell][kind][its[-1]] for r in cells]
+            taus = [(i, _kendall_tau_b([curves[r.cell][kind][i] for r in cells], last_values)) for i in its[:-1]]
+            notes.append(f"Ranking of the {len(cells)} cells: Kendall τ-b between their ASR at each check and at {its[-1]}: "
+                         + ", ".join(f"@{i} {'–' if t is None else f'{t:+.2f}'}" for i, t in taus) + ".")
+        notes.append(kernel_note(cells))
+        tables.append(Table(f"Attack budget, {kind} attack: ASR against its iterations", columns, rows, notes))
     return tables
 
 

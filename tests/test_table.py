@@ -200,7 +200,10 @@ def test_the_attack_budget_table_says_whether_the_asr_curve_has_flattened():
 
     def probe(soft, discrete):
         curve = lambda values: [{"iteration": i, "asr": v, "loss": 0.0} for i, v in zip((10, 20, 40), values)]
-        return {"concepts": {c: {"soft": {"curve": curve(soft)}, "discrete": {"curve": curve(discrete)}} for c in ("stripes", "dots")}}
+        # the original model shows the concept for 3 of 4 prompts; soft brings back 2 of them, discrete 1 (and one it never showed)
+        return {"concepts": {c: {"original_hits": [True, True, True, False],
+                                 "soft": {"curve": curve(soft), "hits": [True, True, False, False]},
+                                 "discrete": {"curve": curve(discrete), "hits": [True, False, False, True]}} for c in ("stripes", "dots")}}
 
     robust = {f"robust/asr_soft/{c}": 1.0 for c in ("stripes", "dots")}
     records = [rec("two_stage", s, **concept_metrics(10, 20), **robust) for s in range(3)]
@@ -215,6 +218,14 @@ def test_the_attack_budget_table_says_whether_the_asr_curve_has_flattened():
     assert "still added 10.0 ± 2.5 points: the curve has not flattened" in " ".join(soft.notes)
     assert "not distinguishable from 0, the curve has flattened" in " ".join(discrete.notes)
     assert "ASR @40" in markdown(soft)
+    assert every["ceiling"].mean == pytest.approx(75.0) and every["reached"].mean == pytest.approx(200 / 3)
+    assert discrete.rows[-1]["reached"].mean == pytest.approx(100 / 3)  # a hit where the original shows nothing is not counted
+    assert "of ceiling @40" in markdown(soft)
+    # ranking: at 20 the cells (50, 51, 52) rank as at 40 (59, 61, 63); at 10 (all 40) there is no ranking to compare
+    assert "Kendall τ-b between their ASR at each check and at 40: @10 –, @20 +1.00." in " ".join(soft.notes)
+    older = {cell: {"concepts": {c: {k: {"curve": v[k]["curve"]} for k in ("soft", "discrete")} for c, v in p["concepts"].items()}}
+             for cell, p in probes.items()}
+    assert "ceiling" not in {c.key for c in attack_budget(records, lambda r: older.get(r.cell))[0].columns}  # records from before original_hits
     single = {r.cell: {"concepts": {c: {k: {"curve": [{"iteration": 80, "asr": 50.0}]} for k in ("soft", "discrete")}
                                     for c in ("stripes", "dots")}} for r in records}
     assert attack_budget(records, lambda r: single.get(r.cell)) == []  # one check is no curve
