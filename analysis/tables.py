@@ -265,7 +265,7 @@ def attack_budget(records: list[Record], probe_of) -> list[Table]:
     cell's robustness.json (from MLflow: its artifact)."""
     probed = [r for r in records if r.state == "completed" and r.erases and any(k.startswith("robust/asr_soft/") for k in r.metrics)]
     probes = {r.cell: probe for r in probed if (probe := probe_of(r))}
-    curves = {cell: c for r in probed if (probe := probes.get(cell := r.cell)) and (c := _curves(probe, r.concepts))}
+    curves = {r.cell: c for r in probed if r.cell in probes and (c := _curves(probes[r.cell], r.concepts))}
     ceilings = {r.cell: c for r in probed if r.cell in probes and (c := _ceiling(probes[r.cell], r.concepts))}
     tables = []
     for kind in ("soft", "discrete"):
