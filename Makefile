@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 # the reproducible mode's CPU pin (harness/numerics.py: CPU_PIN; a test keeps the two equal)
 PINNED := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE,STRICT ONEDNN_MAX_CPU_ISA=AVX2
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
+WORKERS := $(shell echo $$(( $$(nproc) + 1 )))
 
 .PHONY: setup run test smoke
 setup: $(STAMP)
@@ -26,13 +27,17 @@ smoke: setup
 
 test: setup
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }  # the MLflow UI test
-	@# one pytest worker per core, a test module per worker (module fixtures stay in one process),
+	@# one pytest worker per core and one more (WORKERS): the SLURM, tuning and UI tests spend much
+	@# of their time waiting on jobs and servers, so with one per core a core sat idle about a third of
+	@# the main pass (session 21: 1,758 s with 2 workers, 1,603 s with 3, the same suite and host);
+	@# a test module per worker (module fixtures stay in one process),
 	@# the longest modules first (tests/conftest.py: LONGEST_FIRST); each worker one thread: two workers with torch's
 	@# default of every core spin against each other (a tiny bilevel step took 8.8 s instead of 0.3 s);
 	@# the cells a test starts with 2 threads of their own (reproducible mode, SLURM jobs) wait for
 	@# work asleep, not spinning (OMP_WAIT_POLICY=PASSIVE: a 2-thread conv step beside a busy core
 	@# took 14 ms instead of 105-209 ms); the wait policy changes no arithmetic
-	$(TEST_ENV) $(VENV)/bin/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
+	$(TEST_ENV) $(VENV)/bin/python -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 	@# the numerics-sensitive tests again with torch, MKL and oneDNN pinned to AVX2 kernels (harness/numerics.py):
-	@# tolerances must hold under both kernel sets, whichever this CPU runs by default
-	$(TEST_ENV) $(PINNED) $(VENV)/bin/python -m pytest -m numerics -p no:cacheprovider -n auto --dist loadfile
+	@# tolerances must hold under both kernel sets, whichever this CPU runs by default; test by test
+	@# (none shares a module fixture), so the two data-parallel comparisons run side by side
+	$(TEST_ENV) $(PINNED) $(VENV)/bin/python -m pytest -m numerics -p no:cacheprovider -n auto --dist load

@@ -64,7 +64,7 @@ def semantic_config(cfg: DictConfig) -> dict:
 def weight_checksums(cfg: DictConfig) -> dict[str, str]:
     """sha256 of each trained-weights file the cell reads: the world teacher, the world metric
     backbones. (SD 2.1 is named by its path and repo id in the model section.)"""
-    from harness.models.tiny import teacher_weights
+    from harness.models.tiny_weights import teacher_weights
 
     files = {}
     if (teacher := teacher_weights(cfg.model)) is not None:

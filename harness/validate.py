@@ -78,7 +78,7 @@ def _model(cfg: DictConfig) -> None:
 
         locate(m)
     else:
-        from harness.models.tiny import teacher_weights
+        from harness.models.tiny_weights import teacher_weights
 
         teacher_weights(m)  # fails in one line when the weights file is missing or not what its manifest says
 

@@ -6,7 +6,10 @@ A weights file is read only as safetensors (no pickles). Before a cell starts:
   fails in one line naming the file, where it would otherwise train silently on a broken
   teacher;
 - its header is read and every tensor's name and shape compared with what the model expects:
-  a truncated file or one made for another architecture fails in one line too.
+  a truncated file or one made for another architecture fails in one line too. What the model
+  expects is skipped (it means building the model) when the checksum matched and the manifest
+  lists, for this file, the digest of the very architecture asked for: the file is the one that
+  was built for it (harness/models/tiny_weights.py).
 Verdicts are cached per process by (path, size, mtime): a sweep hashes each file once."""
 
 from __future__ import annotations
@@ -41,15 +44,29 @@ def sha256(path: Path) -> str:
     return _SHA256[key]
 
 
-def listed_checksum(path: Path) -> str | None:
-    """The sha256 the manifest beside `path` lists for it (None: no manifest lists it)."""
+def _listed(path: Path, section: str) -> str | None:
     manifest = path.parent / MANIFEST
     if not manifest.is_file():
         return None
     try:
-        return json.loads(manifest.read_text()).get("checksums", {}).get(path.name)
+        return json.loads(manifest.read_text()).get(section, {}).get(path.name)
     except (json.JSONDecodeError, AttributeError) as exc:
         raise CorruptInputError(f"{manifest}: not a readable manifest ({exc})") from None
+
+
+def listed_checksum(path: Path) -> str | None:
+    """The sha256 the manifest beside `path` lists for it (None: no manifest lists it)."""
+    return _listed(path, "checksums")
+
+
+def architecture_digest(architecture: str) -> str:
+    """How a manifest names the architecture a file was built for (its description's sha256)."""
+    return hashlib.sha256(architecture.encode()).hexdigest()
+
+
+def listed_architecture(path: Path) -> str | None:
+    """The digest of the architecture the manifest beside `path` says it was built for."""
+    return _listed(path, "architectures")
 
 
 def header_shapes(path: Path, key: str) -> dict[str, list[int]]:
@@ -77,7 +94,9 @@ def verify(path: Path, key: str, expected: Callable[[], dict[str, list[int]]] | 
         raise CorruptInputError(f"{key}={path}: sha256 {got[:16]}… differs from {want[:16]}… listed in "
                                 f"{path.parent / MANIFEST} (a corrupted or changed file: restore it, or rebuild with python -m harness.world.build)")
     shapes = header_shapes(path, key)
-    if expected is not None:
+    built_for_it = (want is not None and architecture != ""
+                    and listed_architecture(path) == architecture_digest(architecture))
+    if expected is not None and not built_for_it:
         expected = expected()
         missing = sorted(set(expected) - set(shapes))
         extra = sorted(set(shapes) - set(expected))

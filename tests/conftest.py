@@ -97,6 +97,14 @@ LONGEST_FIRST = ("test_slurm", "test_bench", "test_slurm_requeue", "test_slurm_p
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: a module's tests keep their order
+    if config.getoption("dist", "no") == "load":
+        # test by test (make test's pinned pass): xdist hands out consecutive tests two at a
+        # time, so the modules' tests are dealt out in turn (each module's first, then each
+        # one's second, ...): a module's long tests go to different workers, side by side
+        turn = {}
+        for item in items:
+            turn[item] = sum(1 for other in turn if other.path == item.path)
+        items.sort(key=lambda item: turn[item])
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,13 @@ what is accepted, and nothing written (no out_dir, no cell folder, no MLflow run
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from tests.conftest import fails_in_one_line, run_cli
+from tests.conftest import REPO, fails_in_one_line, run_cli
 
 CASES = {
     "unknown method": (["method=nope"], "method=nope", "bilevel, distill, teacher, two_stage"),
@@ -74,9 +78,6 @@ def test_the_command_line_exits_2_with_one_line_and_writes_nothing(case, tmp_pat
 def test_out_dir_that_is_a_file_or_read_only_fails_before_anything_starts(tmp_path, capsys):
     """A regular file, a folder under a file, and a read-only folder (as a user without write
     permission sees it: root writes anywhere, so the check runs as `nobody` there)."""
-    import os
-    import subprocess
-
     a_file = tmp_path / "results.txt"
     a_file.write_text("not a folder")
     for value in (a_file, a_file / "out"):
@@ -117,3 +118,17 @@ def test_weights_are_verified_before_anything_starts(tmp_path, capsys):
     (loose / "teacher.safetensors").write_bytes((WEIGHTS / "teacher.safetensors").read_bytes()[:100_000])
     fails_in_one_line([f"model.weights={loose / 'teacher.safetensors'}"], tmp_path, capsys, "not a readable safetensors file")
     fails_in_one_line(["model.unet.block_out_channels=[16,32]"], tmp_path, capsys, "model.weights=", "another architecture", "shape")
+
+
+def test_checking_a_config_on_the_shipped_weights_builds_no_model(tmp_path):
+    """The shipped manifest lists the architecture each file was built for, so checking a config
+    that asks for it (checksums, headers, the cell's identity) imports neither diffusers nor
+    transformers: a SLURM submission stays light. Another architecture builds the model to
+    compare shapes, and fails (test above)."""
+    code = ("import sys; from tests.conftest import compose; from harness.validate import validate; "
+            "from harness.cell import cell_id; "
+            f"cfg = compose(['method=two_stage'], {str(tmp_path)!r}); validate(cfg); cell_id(cfg); "
+            "print(sorted(m for m in ('diffusers', 'transformers') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "[]", run.stdout

@@ -13,7 +13,8 @@ from tests.conftest import compose, fails_in_one_line
 
 @pytest.fixture(scope="module")
 def tiny_parts():
-    from harness.models.tiny import build_tiny, tiny_config
+    from harness.models.tiny import build_tiny
+    from harness.models.tiny_weights import tiny_config
 
     return build_tiny(tiny_config())
 

@@ -18,6 +18,7 @@ def test_tiny_build_writes_weights_manifest_and_loads(tiny_world_weights):
     for name in ("world_clip", "style_descriptor", "teacher"):
         assert (tmp_path / f"{name}.safetensors").is_file()
         assert manifest["checksums"][f"{name}.safetensors"]
+    assert_architectures_name_the_shapes(tmp_path)
     on_disk = json.loads((tmp_path / "manifest.json").read_text())
     assert on_disk["recipe"]["teacher_steps"] == SCALES["tiny"].teacher_steps
     assert 0.0 <= on_disk["gates"]["style_accuracy_heldout"] <= 1.0
@@ -58,3 +59,28 @@ def test_a_floor_teacher_is_built_beside_the_shipped_towers_and_recorded(tiny_wo
         assert main(["--scale", "tiny", "--out", str(tiny_world_weights), *args]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and wanted in err[0], err
+
+
+def assert_architectures_name_the_shapes(folder):
+    """Every file the manifest lists an architecture for holds the tensors the current code
+    builds for that architecture (on the meta device): a changed model or backbone in the code
+    must come with rebuilt weights, or checking a config would pass a file that cannot load."""
+    from harness.metrics.world import FILES, backbone_shapes
+    from harness.models.tiny import teacher_shapes
+    from harness.models.tiny_weights import backbone_architecture, teacher_architecture, tiny_config
+    from harness.weights import architecture_digest, header_shapes
+
+    listed = json.loads((folder / "manifest.json").read_text())["architectures"]
+    assert set(listed) == {p.name for p in folder.glob("*.safetensors")}
+    backbones = backbone_shapes()
+    for name, digest in listed.items():
+        built = backbone_architecture(name) if name in FILES else teacher_architecture(tiny_config())
+        expected = backbones[name] if name in FILES else teacher_shapes(tiny_config())
+        assert digest == architecture_digest(built), name
+        assert header_shapes(folder / name, name) == {k: list(v) for k, v in expected.items()}, name
+
+
+def test_the_shipped_manifest_names_the_architecture_of_every_file():
+    from harness.world import WEIGHTS
+
+    assert_architectures_name_the_shapes(WEIGHTS)

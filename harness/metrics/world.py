@@ -28,16 +28,18 @@ def world_weights(path: str | Path | None, key: str = "--weights") -> Path:
     for name in FILES:
         if not (folder / name).is_file():
             raise MissingInputError(f"{key}={folder}: missing {name} (build the world backbones with python -m harness.world.build)")
+    from harness.models.tiny_weights import backbone_architecture
     from harness.weights import verify
 
     for name in FILES:
-        verify(folder / name, key, lambda name=name: backbone_shapes()[name])
+        verify(folder / name, key, lambda name=name: backbone_shapes()[name], backbone_architecture(name))
     return folder
 
 
 def backbone_shapes() -> dict[str, dict[str, list[int]]]:
     """Tensor names and shapes of each backbone file (modules built on the meta device)."""
-    from harness.models.tiny import _modules, tiny_config
+    from harness.models.tiny import _modules
+    from harness.models.tiny_weights import tiny_config
 
     with torch.device("meta"):
         _, text_encoder, _ = _modules(tiny_config())
@@ -57,7 +59,8 @@ class WorldBackbones:
     names = {"fid": "world-clip-image-tower", "clip": "world-clip", "cmmd": "world-clip", "style": "style-descriptor"}
 
     def __init__(self, weights: str | Path | None, device: torch.device | str = "cpu", batch_size: int = 256):
-        from harness.models.tiny import build_tiny, tiny_config
+        from harness.models.tiny import build_tiny
+        from harness.models.tiny_weights import tiny_config
 
         weights = world_weights(weights)
         self.source = str(weights.resolve())

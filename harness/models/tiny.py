@@ -5,7 +5,6 @@ cores. The tokenizer is a word-level tokenizer over the world's vocabulary."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -14,17 +13,11 @@ from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
-from harness.errors import MissingInputError
 from harness.models.parts import DiffusionParts
+from harness.models.tiny_weights import teacher_weights
 from harness.world import vocabulary
 
 SPECIAL = ["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"]
-CONFIG = Path(__file__).resolve().parent.parent / "conf" / "model" / "tiny.yaml"
-
-
-def tiny_config() -> DictConfig:
-    """The `model=tiny` config, read without Hydra (safe inside a running Hydra app)."""
-    return OmegaConf.load(CONFIG)
 
 
 def build_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
@@ -100,25 +93,6 @@ def build_tiny(cfg: DictConfig) -> DiffusionParts:
         prediction_type=cfg.prediction_type,
         resolution=cfg.resolution,
     )
-
-
-def teacher_weights(cfg: DictConfig) -> Path | None:
-    """The weights file `cfg` asks for: `model.weights`, or for `model=world` with none given,
-    the shipped teacher; None: random init (`model=tiny`). A file asked for must exist."""
-    if cfg.get("weights"):
-        path = Path(str(cfg.weights)).expanduser()
-    elif cfg.name == "world":
-        from harness.world import WEIGHTS
-
-        path = WEIGHTS / "teacher.safetensors"
-    else:
-        return None
-    if not path.is_file():
-        raise MissingInputError(f"model.weights={path}: no such file (a teacher.safetensors of trained world weights; build one with python -m harness.world.build)")
-    from harness.weights import verify
-
-    architecture = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str)
-    return verify(path, "model.weights", lambda: teacher_shapes(cfg), architecture)
 
 
 def _load_weights(path: Path, unet, text_encoder) -> None:

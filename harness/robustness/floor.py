@@ -55,10 +55,11 @@ def load(ctx, concept: str) -> torch.nn.Module:
     from safetensors.torch import load_file
 
     from harness.models.tiny import teacher_shapes
+    from harness.models.tiny_weights import teacher_architecture
     from harness.weights import verify
 
     path = weights_path(ctx.cfg, concept)
-    verify(path, "eval.robustness.floor_weights", lambda: teacher_shapes(ctx.cfg.model), "floor")
+    verify(path, "eval.robustness.floor_weights", lambda: teacher_shapes(ctx.cfg.model), teacher_architecture(ctx.cfg.model))
     state = load_file(str(path))
     text = {k[len("text_encoder."):]: v for k, v in state.items() if k.startswith("text_encoder.")}
     mine = ctx.parts.text_encoder.state_dict()

@@ -38,6 +38,7 @@ from harness.files import write_atomic, write_via
 from harness.data.world import RenderedSet
 from harness.losses import diffusion_target, min_snr_weights, noisy_inputs, weighted_mse
 from harness.trainer import Optim, Stage, Trainer, TrainConfig
+from harness.weights import architecture_digest
 from harness.world import WEIGHTS  # where the recipe writes by default
 from harness.world.render import STYLES, sample_scenes
 from harness.world.towers import STYLE_CLASSES, StyleDescriptor, WorldClip, degrade
@@ -202,6 +203,15 @@ class TeacherStage(Stage):
             e.lerp_(p, 1 - decay)
 
 
+def built_for(file: str, cfg) -> str:
+    """The architecture a file of this build was made for: a world metric backbone's, or (the
+    teacher and every floor) the tiny model's of `cfg`."""
+    from harness.metrics.world import FILES
+    from harness.models.tiny_weights import backbone_architecture, teacher_architecture
+
+    return backbone_architecture(file) if file in FILES else teacher_architecture(cfg)
+
+
 def _checksum(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -233,7 +243,7 @@ def teacher_style_rate(parts, unet, style: StyleDescriptor, recipe: Recipe, guid
 def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip", "style", "teacher"),
           without: str | None = None) -> dict:
     from harness.models import build_parts
-    from harness.models.tiny import tiny_config
+    from harness.models.tiny_weights import tiny_config
 
     out.mkdir(parents=True, exist_ok=True)
     work = out / ".build"
@@ -256,7 +266,11 @@ def build(out: Path, recipe: Recipe, device: torch.device, parts_wanted=("clip",
     log = lambda stage, step, values: print(json.dumps({"stage": stage, "step": step, **values}), flush=True)  # noqa: E731
 
     def write_manifest() -> None:  # after every part: an interrupted build keeps what it finished
-        manifest["checksums"] = {p.name: _checksum(p) for p in sorted(out.glob("*.safetensors"))}
+        files = sorted(out.glob("*.safetensors"))
+        manifest["checksums"] = {p.name: _checksum(p) for p in files}
+        # what each file was built for: a config asking for that architecture skips building the
+        # model to check the file's shapes (harness/models/tiny_weights.py)
+        manifest["architectures"] = {p.name: architecture_digest(built_for(p.name, cfg)) for p in files}
         write_atomic(manifest_path, json.dumps(manifest, indent=1))
 
     trainer = Trainer(TrainConfig(seed=recipe.seed, checkpoint_every=recipe.checkpoint_every, log_every=50, precision="fp32"), device, log)
