@@ -94,10 +94,19 @@ LONGEST_FIRST = ("test_slurm", "test_bench", "test_slurm_requeue", "test_slurm_p
                  "test_slurm_tune", "test_tracking", "test_propagation", "test_resume", "test_distributed")
 
 
+def _distributed_test_by_test(config) -> bool:
+    """--dist load, as the main process has it (xdist resets `dist` in its workers, which
+    collect; the main process's argv reaches them as workerinput["mainargv"])."""
+    argv = getattr(config, "workerinput", {}).get("mainargv", [])
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("--dist=")]
+    given += [b for a, b in zip(argv, argv[1:]) if a == "--dist"]
+    return config.getoption("dist", "no") == "load" or given[-1:] == ["load"]
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: a module's tests keep their order
-    if config.getoption("dist", "no") == "load":
+    if _distributed_test_by_test(config):
         # test by test (make test's pinned pass): xdist hands out consecutive tests two at a
         # time, so the modules' tests are dealt out in turn (each module's first, then each
         # one's second, ...): a module's long tests go to different workers, side by side
