@@ -302,7 +302,8 @@ def attack_budget(records: list[Record], probe_of) -> list[Table]:
         verdict = (f"Over all {last.n} probed cells the last increase of the budget ({its[-2]} → {its[-1]} iterations) still added "
                    f"{last.mean:.1f} ± {last.half_width or 0:.1f} points: " +
                    ("the curve has not flattened, so ASR at this budget is a lower bound." if last.half_width is not None and last.mean > last.half_width
-                    else "not distinguishable from 0, the curve has flattened at this budget."))
+                    else f"not distinguishable from 0: that doubling adds at most {last.mean + (last.half_width or 0):.1f} points "
+                         "(the interval's upper end), so ASR at this budget is within that of what twice the budget finds."))
         notes = ["ASR in % of the probed prompts, cumulative over the checks; rise: ASR gained between two checks. "
                  "± : 95% interval of the mean over the row's cells (t, n − 1 df).", verdict]
         if with_ceiling:

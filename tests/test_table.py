@@ -192,7 +192,7 @@ def test_an_interval_from_few_seeds_uses_students_t_and_evaluation_noise_the_nor
     assert (d, se) == (1.0, pytest.approx(0.5)) and df == pytest.approx(0.25 ** 2 / (0.4 ** 4 / 2))
 
 
-def test_the_attack_budget_table_says_whether_the_asr_curve_has_flattened():
+def test_the_attack_budget_table_says_what_the_last_doubling_of_the_budget_added():
     """ASR against the attack's iterations, from each probed cell's robustness.json: the soft
     curve still rises by 10 ± 1 points at its last doubling (a lower bound), the discrete one
     rises by 0 (flat); a cell without a probe record is left out, not counted as zero."""
@@ -216,7 +216,7 @@ def test_the_attack_budget_table_says_whether_the_asr_curve_has_flattened():
     assert every["asr@40"].mean == pytest.approx(61.0) and every["rise20"].mean == pytest.approx(10.0)
     assert every["rise20"].half_width == pytest.approx(4.302653 * (1.0 / 3 ** 0.5), rel=1e-6)  # rises 9, 10, 11: sd 1, t(2)
     assert "still added 10.0 ± 2.5 points: the curve has not flattened" in " ".join(soft.notes)
-    assert "not distinguishable from 0, the curve has flattened" in " ".join(discrete.notes)
+    assert "not distinguishable from 0: that doubling adds at most 0.0 points" in " ".join(discrete.notes)
     assert "ASR @40" in markdown(soft)
     assert every["ceiling"].mean == pytest.approx(75.0) and every["reached"].mean == pytest.approx(200 / 3)
     assert discrete.rows[-1]["reached"].mean == pytest.approx(100 / 3)  # a hit where the original shows nothing is not counted
