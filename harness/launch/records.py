@@ -154,13 +154,17 @@ def parse_sacct(text: str) -> dict[str, str]:
 
 def find_jobs_named(name: str, since: float, count: int) -> list[str] | None:
     """The job ids the scheduler knows under `name` (submitted since `since`), in task order:
-    ["<array>_0", ...] for an array of `count` tasks, ["<id>"] for a single job; None if none."""
+    ["<array>_0", ...] for an array of `count` tasks, ["<id>"] for a single job; None if none.
+    Asks both the accounting (sacct: finished jobs too) and the controller (squeue: a job sbatch
+    made a moment ago, which the accounting may not list yet)."""
     start = datetime.fromtimestamp(since - 60).strftime("%Y-%m-%dT%H:%M:%S")
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "--name", name, "-S", start, "-o", "JobID"],
-                         capture_output=True, text=True, timeout=60)
-    if out.returncode != 0:
-        raise RuntimeError(f"sacct failed: {out.stderr.strip()}")
-    ids = {line.split("_")[0].strip() for line in out.stdout.split() if line.strip()}
+    ids = set()
+    for command in (["sacct", "-n", "-X", "-P", "--name", name, "-S", start, "-o", "JobID"],
+                    ["squeue", "-h", "--name", name, "-o", "%F"]):  # %F: the array's (or the job's) own id
+        out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise RuntimeError(f"{command[0]} failed: {out.stderr.strip()}")
+        ids |= {line.split("_")[0].strip() for line in out.stdout.split() if line.strip()}
     if not ids:
         return None
     first = min(ids, key=int)
