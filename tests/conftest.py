@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -110,9 +111,10 @@ def pytest_collection_modifyitems(config, items):
         # test by test (make test's pinned pass): xdist hands out consecutive tests two at a
         # time, so the modules' tests are dealt out in turn (each module's first, then each
         # one's second, ...): a module's long tests go to different workers, side by side
-        turn = {}
+        seen, turn = Counter(), {}
         for item in items:
-            turn[item] = sum(1 for other in turn if other.path == item.path)
+            turn[item] = seen[item.path]
+            seen[item.path] += 1
         items.sort(key=lambda item: turn[item])
 
 
