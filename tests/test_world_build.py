@@ -66,7 +66,7 @@ def assert_architectures_name_the_shapes(folder):
     builds for that architecture (on the meta device): a changed model or backbone in the code
     must come with rebuilt weights, or checking a config would pass a file that cannot load."""
     from harness.metrics.world import FILES, backbone_shapes
-    from harness.models.tiny import teacher_shapes
+    from harness.models.tiny_modules import teacher_shapes
     from harness.models.tiny_weights import backbone_architecture, teacher_architecture, tiny_config
     from harness.weights import architecture_digest, header_shapes
 

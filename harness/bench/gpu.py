@@ -69,7 +69,7 @@ def build_parts(arch: str):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from harness.models.parts import DiffusionParts
-    from harness.models.tiny import build_tokenizer
+    from harness.models.tiny_modules import build_tokenizer
 
     unet_cfg, text_cfg = ARCHS[arch]
     tokenizer = build_tokenizer(text_cfg["max_position_embeddings"])

@@ -38,11 +38,11 @@ def world_weights(path: str | Path | None, key: str = "--weights") -> Path:
 
 def backbone_shapes() -> dict[str, dict[str, list[int]]]:
     """Tensor names and shapes of each backbone file (modules built on the meta device)."""
-    from harness.models.tiny import _modules
+    from harness.models.tiny_modules import random_modules
     from harness.models.tiny_weights import tiny_config
 
     with torch.device("meta"):
-        _, text_encoder, _ = _modules(tiny_config())
+        _, text_encoder, _ = random_modules(tiny_config())
         modules = {FILES[0]: WorldClip(text_encoder), FILES[1]: StyleDescriptor()}
     return {name: {k: list(v.shape) for k, v in m.state_dict().items()} for name, m in modules.items()}
 

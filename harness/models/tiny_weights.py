@@ -9,7 +9,7 @@ asks for that same architecture, its shapes are known without building anything,
 config or submitting a SLURM sweep imports neither library. (tests/test_world_build.py checks
 that the shipped manifest's digests name the shapes the current code builds.)
 
-This module imports no model library: the builders live in harness/models/tiny.py."""
+This module imports no model library: the builders live in harness/models/tiny_modules.py."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def teacher_weights(model: DictConfig) -> Path | None:
     from harness.weights import verify
 
     def expected():
-        from harness.models.tiny import teacher_shapes
+        from harness.models.tiny_modules import teacher_shapes
 
         return teacher_shapes(model)
 

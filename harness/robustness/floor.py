@@ -54,7 +54,7 @@ def load(ctx, concept: str) -> torch.nn.Module:
     must share (a floor built with another world CLIP reads prompts differently)."""
     from safetensors.torch import load_file
 
-    from harness.models.tiny import teacher_shapes
+    from harness.models.tiny_modules import teacher_shapes
     from harness.models.tiny_weights import teacher_architecture
     from harness.weights import verify
 
