@@ -7,6 +7,7 @@ records only, so anything tracked anywhere can be tabulated."""
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,9 @@ def _record(run) -> Record:
     status = run.info.status
     state = {"FINISHED": "completed", "FAILED": "failed", "RUNNING": "running", "KILLED": "running"}.get(status, status.lower())
     tags = run.data.tags
-    return Record(tags.get(CELL_TAG, run.info.run_id), state, dict(run.data.params), dict(run.data.metrics), run.info.run_id,
+    # NaN: a metric a later measurement no longer makes (harness/runner.py: add_robustness)
+    metrics = {k: v for k, v in run.data.metrics.items() if not math.isnan(v)}
+    return Record(tags.get(CELL_TAG, run.info.run_id), state, dict(run.data.params), metrics, run.info.run_id,
                   tags.get("harness.depends_on"), tags.get("harness.kernel_set"))
 
 

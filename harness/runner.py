@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import subprocess
 import time
 import traceback
@@ -119,11 +120,16 @@ def add_robustness(cfg: DictConfig, cell: Cell, tracker: Tracker | None = None) 
         t0 = time.perf_counter()
         metrics, info = robustness.probe(ctx, ctx.student, metric_backbones(cfg.eval, ctx.device))
         kept = {k: v for k, v in results["metrics"].items() if not robustness.is_robustness_metric(k)}
+        # MLflow keeps a metric's last value and cannot delete one: a key the earlier probes
+        # measured and these do not (the floor or the neighbours turned off) is logged as NaN,
+        # which the records read as absent (analysis/records.py), so no table shows it beside
+        # values of another budget
+        cleared = {k: math.nan for k in results["metrics"] if robustness.is_robustness_metric(k) and k not in metrics}
         results["metrics"] = {**kept, **metrics}
         results["metric_info"] = {**results.get("metric_info", {}), **info}
         results["robustness"] = {"budget": robustness.budget(cfg), "seconds": time.perf_counter() - t0, "added_at": _now()}
         write_atomic(cell.path("results.json"), json.dumps(results, indent=1, default=str))
-        cell.append_metrics({"time": time.time(), "stage": "robustness", "step": 0, "values": metrics})
+        cell.append_metrics({"time": time.time(), "stage": "robustness", "step": 0, "values": {**metrics, **cleared}})
         tracker = tracker or open_tracker(cfg)
         run = CellRun(tracker, cell, cfg.tracking.get("parent_run_id"), cfg.tracking.flush_every_s)
         if run_id := run.state.get("run_id"):  # a tracker that is down: backfill sends the line later

@@ -192,8 +192,16 @@ def test_probes_are_added_to_a_finished_cell_without_training_and_kept_until_the
 
     again = run_cell(probed_cfg)
     assert again == probed and len(cell.metric_lines()) == lines + 1
-    other = run_cell(compose([*base, *ROBUST, "eval.robustness.iterations=[2]"], tmp_path))
+    other = run_cell(compose([*base, *ROBUST, "eval.robustness.iterations=[2]", "eval.robustness.neighbours=false"], tmp_path))
     assert other["robustness"]["budget"]["iterations"] == [2] and len(cell.metric_lines()) == lines + 2
+    # what the earlier budget measured and this one does not (the neighbours) is gone from the
+    # results and, logged as NaN (MLflow cannot delete a metric), from the tables' records
+    from analysis.records import load
+
+    assert "robust/neighbour_retention" not in other["metrics"]
+    (from_mlflow,) = [r for r in load(f"sqlite:///{tmp_path / 'mlflow.db'}", filter_string=" ").records if r.cell == cell.id]
+    assert "robust/neighbour_retention" not in from_mlflow.metrics
+    assert from_mlflow.metrics["robust/asr_soft/stripes"] == pytest.approx(other["metrics"]["robust/asr_soft/stripes"])
 
     fresh = run_cell(compose([*base, *ROBUST, "seed=1"], tmp_path))
     assert "robust/asr_discrete/stripes" in fresh["metrics"] and fresh["robustness"]["budget"]["iterations"] == [2, 3]
