@@ -1,7 +1,9 @@
 """The tiny model: every part built offline from config, small enough for a CPU.
 
 Pixel space, epsilon prediction by default: one training step is well under a second on two
-cores. The tokenizer is a word-level tokenizer over the world's vocabulary."""
+cores. Its modules, randomly initialised (a word-level tokenizer over the world's vocabulary,
+the CLIP text encoder, the UNet), are built in harness/models/tiny_modules.py; a teacher file is
+loaded into them here."""
 
 from __future__ import annotations
 
