@@ -188,8 +188,35 @@ def fails_in_one_line(args: list[str], tmp_path: Path, capsys, *wanted: str) -> 
     assert not out.exists()
 
 
+_forkserver = None
+
+
+def cli_forkserver():
+    """This worker's fork server (tests/cli_forkserver.py), started on first use; None when
+    HARNESS_TEST_FRESH_PROCESSES=1 or it could not start."""
+    global _forkserver
+    from tests import cli_forkserver as fs
+
+    if os.environ.get(fs.FRESH) == "1":
+        return None
+    if _forkserver is None:
+        import atexit
+
+        _forkserver = fs.Server(REPO)
+        atexit.register(_forkserver.stop)
+    return _forkserver if _forkserver.alive() else None
+
+
 def run_cli(args: list[str], cwd: Path = REPO, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m *args`, its output captured: forked from this worker's fork server, which has
+    the heavy libraries imported (tests/cli_forkserver.py), or in a fresh process where a fork
+    cannot give the run what a fresh process would."""
+    from tests.cli_forkserver import forkable
+
     env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}
+    server = cli_forkserver()
+    if server is not None and forkable(server.env, env):
+        return server.run(args[0], args[1:], cwd, env, timeout)
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
