@@ -31,7 +31,8 @@ def server():
     ["harness", "method=nope"],  # fails its check: exit 2, one line on stderr
     ["harness.jobs", "--help"],  # argparse's help on stdout, exit 0
     ["analysis.tables", "--out-dir", "/nonexistent/store"],  # a tool's one-line failure
-], ids=["bad-method", "help", "missing-store"])
+    ["harness.no_such_module"],  # Python's own one line, exit 1
+], ids=["bad-method", "help", "missing-store", "no-module"])
 def test_a_forked_run_answers_as_a_fresh_process(server, tmp_path, args):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     forked = server.run(args[0], args[1:], tmp_path, env, timeout=300)
@@ -47,6 +48,21 @@ def test_the_run_gets_its_own_environment_and_directory(server, tmp_path):
     done = server.run("probe_module", ["a", "b=1"], tmp_path, env, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split(" ", 3) == [str(tmp_path), "seen", str(tmp_path), "['a', 'b=1']\n"]
+
+
+@pytest.mark.parametrize("body, code, last", [
+    ("raise ValueError('broken')", 1, "ValueError: broken"),
+    ("import sys; sys.exit('stopped')", 1, "stopped"),
+    ("import atexit, sys; atexit.register(lambda: print('atexit ran', flush=True)); sys.stdout.write('unflushed')", 0, ""),
+], ids=["exception", "exit-message", "atexit"])
+def test_a_run_ends_as_a_fresh_interpreter_ends(server, tmp_path, body, code, last):
+    (tmp_path / "ending.py").write_text(body)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    forked = server.run("ending", [], tmp_path, env, timeout=60)
+    alone = subprocess.run([sys.executable, "-m", "ending"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert forked.returncode == alone.returncode == code
+    assert forked.stdout == alone.stdout
+    assert forked.stderr.strip().splitlines()[-1:] == alone.stderr.strip().splitlines()[-1:] == ([last] if last else [])
 
 
 def test_a_run_past_its_timeout_is_killed(server, tmp_path):
