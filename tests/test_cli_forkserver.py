@@ -54,7 +54,10 @@ def test_the_run_gets_its_own_environment_and_directory(server, tmp_path):
     ("raise ValueError('broken')", 1, "ValueError: broken"),
     ("import sys; sys.exit('stopped')", 1, "stopped"),
     ("import atexit, sys; atexit.register(lambda: print('atexit ran', flush=True)); sys.stdout.write('unflushed')", 0, ""),
-], ids=["exception", "exit-message", "atexit"])
+    # a pool's worker thread is not a daemon: it ends through threading's exit hooks, before the join
+    # (kept alive by a module, as a library's pool is: a pool collected with the run's globals ends anyway)
+    ("import concurrent.futures as f; f.kept = f.ThreadPoolExecutor(1); f.kept.submit(print, 'pooled')", 0, ""),
+], ids=["exception", "exit-message", "atexit", "thread-pool"])
 def test_a_run_ends_as_a_fresh_interpreter_ends(server, tmp_path, body, code, last):
     (tmp_path / "ending.py").write_text(body)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
