@@ -9,7 +9,7 @@ PINNED := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE,STRICT ONEDNN_MAX_CPU_ISA
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 WORKERS := $(shell echo $$(( $$(nproc) + 1 )))
 
-.PHONY: setup run test smoke
+.PHONY: setup run test smoke gpu-carry
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -41,3 +41,13 @@ test: setup
 	@# tolerances must hold under both kernel sets, whichever this CPU runs by default; test by test
 	@# (none shares a module fixture), so the two data-parallel comparisons run side by side
 	$(TEST_ENV) $(PINNED) $(VENV)/bin/python -m pytest -m numerics -p no:cacheprovider -n auto --dist load
+
+# For a lent GPU machine that has torch and transformers but not this project's pure-Python
+# packages: they travel as one archive (harness/bench/lent_gpu.sh unpacks it; .gpu/ is ignored)
+CARRIED := diffusers hydra hydra_plugins omegaconf antlr4 torch_pruning submitit cleanfid
+gpu-carry: setup
+	mkdir -p .gpu
+	cd $$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
+	  tar --exclude=__pycache__ -czf $(CURDIR)/.gpu/site.tar.gz $(CARRIED) \
+	  $$(for p in $(CARRIED); do ls -d $$(echo $$p | sed 's/^hydra$$/hydra_core/;s/^cleanfid$$/clean_fid/;s/^antlr4$$/antlr4_python3_runtime/;s/^hydra_plugins$$/hydra_submitit_launcher/')-*.dist-info; done)
+	@ls -l .gpu/site.tar.gz

@@ -166,19 +166,27 @@ def calibrate(cfg: DictConfig, out_dir: Path, device: str) -> Calibration:
                                f"training and sampling, a {startup:.3g} s start-up per cell and {fixed - startup:.3g} s per process; "
                                "run a cell here to calibrate to this machine",
                                rate, rate, startup * threads, process_s=fixed - startup)
-    bench = docs / "gpu.json"
-    if device == "cuda" and bench.is_file():
-        row = (json.loads(bench.read_text()).get("training") or {}).get("per_step", {}).get(baseline) or {}
+    bf16 = cfg.train.get("precision") in ("bf16", "auto")  # auto: bf16 autocast on CUDA (Trainer)
+    bench = docs / gpu_bench_file(cfg.model.name, bf16) if cfg.model.name == "sd21" else None
+    if device == "cuda" and bench is not None and bench.is_file():
+        section = (json.loads(bench.read_text()).get("gpu") or {}).get("training") or {}
+        row = section.get("per_step", {}).get(baseline) or {}
         if row.get("flops_lower") and row.get("seconds"):
             rate = row["flops_lower"] / 2 / row["seconds"]
-            return Calibration(f"harness.bench --gpu ({bench}): {baseline} step, {rate * 2 / 1e12:.0f} TFLOP/s; start-up assumed {ASSUMED_STARTUP_S:.0f} s",
-                               rate, rate, ASSUMED_STARTUP_S)
-    bf16 = cfg.train.get("precision") == "bf16"
+            return Calibration(f"harness.bench --gpu ({bench}: {(section.get('config') or {}).get('precision')} arithmetic): the {baseline} "
+                               f"step's rate, {rate * 2 / 1e12:.0f} TFLOP/s, for training and sampling; start-up assumed "
+                               f"{ASSUMED_STARTUP_S:.0f} s; run a cell to calibrate both", rate, rate, ASSUMED_STARTUP_S)
     peak = H100_BF16 if bf16 else H100_BF16 / 2  # fp32: convolutions in TF32 (PyTorch's default), half the bf16 peak
     rate = ASSUMED_MFU * peak / 2
     return Calibration(f"UNCALIBRATED: assumes {ASSUMED_MFU:.0%} of an H100's dense {'bf16' if bf16 else 'TF32'} peak "
                        f"({peak / 1e12:.0f} TFLOP/s) and a {ASSUMED_STARTUP_S:.0f} s start-up per cell; run cells "
                        "(or python -m harness.bench --gpu) to calibrate", rate, rate, ASSUMED_STARTUP_S, calibrated=False)
+
+
+def gpu_bench_file(arch: str, bf16: bool) -> str:
+    """The `harness.bench --gpu --arch <arch>` figures of a cell's arithmetic: the benchmark
+    writes gpu-<arch>.json under bf16 autocast, gpu-<arch>-fp32.json with train.precision=fp32."""
+    return f"gpu-{arch}{'' if bf16 else '-fp32'}.json"
 
 
 def _process_s(cell_bench: dict, device: str) -> float:
@@ -272,7 +280,7 @@ def peak_memory(cfg: DictConfig, s: Sizes, gpus: int) -> float:
     frozen_copy = any(w.student for w in works)  # gradient-free student-sized forwards: a frozen copy (two-stage's F)
     bytes_ = (16 * s.student_params * copies + 4 * (s.teacher_params + s.frozen_params + frozen_copy * s.student_params)
               + batch * s.activation_bytes)
-    if cfg.train.get("precision") == "bf16":
+    if cfg.train.get("precision") in ("bf16", "auto"):  # auto: bf16 autocast on CUDA (Trainer)
         bytes_ -= batch * s.activation_bytes / 2  # autocast keeps most saved activations in bf16
     return bytes_ / 2**30
 

@@ -220,26 +220,6 @@ def run_cli(args: list[str], cwd: Path = REPO, timeout: int = 600, env: dict | N
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def write_coco(root: Path, counts: dict[str, int], image, authors_names: bool = False) -> Path:
-    """MS-COCO 2017's layout under `root`: images/<split>2017/ and annotations/captions_<split>2017.json,
-    `counts[split]` images (`image(split, i)`: a PIL image), two captions each. `authors_names`:
-    the first file of each split named as the authors' README has it (COCO_<split>2017_<id>.jpg)."""
-    import json as _json
-
-    for split, n in counts.items():
-        (root / "images" / f"{split}2017").mkdir(parents=True)
-        images, anns = [], []
-        for i in range(n):
-            name = f"{i:012d}.jpg"
-            stored = f"COCO_{split}2017_{name}" if authors_names and i == 0 else name
-            image(split, i).save(root / "images" / f"{split}2017" / stored)
-            images.append({"id": i, "file_name": name})
-            anns += [{"image_id": i, "caption": f"photo {i} a"}, {"image_id": i, "caption": f"photo {i} b"}]
-        (root / "annotations").mkdir(exist_ok=True)
-        (root / "annotations" / f"captions_{split}2017.json").write_text(_json.dumps({"images": images, "annotations": anns}))
-    return root
-
-
 @pytest.fixture
 def small():
     return compose
@@ -270,38 +250,18 @@ def sd21_dir(tmp_path_factory):
 def write_sd21(root: Path, max_length: int = 32) -> Path:
     """The toy SD 2.1 folder of `sd21_dir` under `root`; `max_length`: the text encoder's
     positions (its tokenizer is character-level: a world prompt takes ~40 tokens)."""
-    import json as _json
+    from harness.models.random_pipeline import write_pipeline
 
-    import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    torch.manual_seed(0)
-    UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=2, norm_num_groups=4,
-    ).save_pretrained(root / "unet")
-    AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4,
-        sample_size=16,
-    ).save_pretrained(root / "vae")
-    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,'-")
-    vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
-    tok_dir = root / "tokenizer"
-    tok_dir.mkdir()
-    (tok_dir / "vocab.json").write_text(_json.dumps(vocab))
-    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=max_length)
-    tokenizer.save_pretrained(tok_dir)
-    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=2, max_position_embeddings=max_length,
-                                 eos_token_id=vocab["<|endoftext|>"], bos_token_id=vocab["<|startoftext|>"],
-                                 pad_token_id=vocab["<|endoftext|>"])).save_pretrained(root / "text_encoder")
-    DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                  prediction_type="v_prediction").save_pretrained(root / "scheduler")
-    return root
+    return write_pipeline(
+        root,
+        unet=dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                  cross_attention_dim=32, attention_head_dim=2, norm_num_groups=4),
+        vae=dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                 down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4,
+                 sample_size=16),
+        text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+        max_length=max_length)
 
 
 @pytest.fixture(scope="session")

@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 
 from harness.concepts import DOMAINS
-from harness.data.real import CocoCaptions, ConceptImages
+from harness.data.real import CocoCaptions, ConceptImages, write_coco
 from harness.data.streams import BatchStream
 from harness.data.world import concept_set, finetune_set, heldout_set
 from harness.errors import ConfigError, MissingInputError
 from harness.world import STYLES, Scene, render
-from tests.conftest import compose, write_coco
+from tests.conftest import compose
 
 ART = DOMAINS["art"]
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from tests.conftest import run_cli, write_coco
+from harness.data.real import write_coco
+from tests.conftest import run_cli
 from tests.slurm_support import ON_SLURM, needs_root, submissions, sweep_cells
 
 pytestmark = needs_root

@@ -70,6 +70,7 @@ def main(argv=None) -> int:
     from harness.compose import compose_config
     from harness.bench import cell_overhead, evaluation, gpu, measure, report, training
     from harness.errors import ConfigError, MissingInputError
+    from harness.plan import gpu_bench_file
     from harness.method import baseline_method
     overrides = [*PAPER_TABLE, *args.overrides, f"runtime.device={device}"]
     ks = tuple(int(k) for k in args.ks.split(","))
@@ -84,7 +85,9 @@ def main(argv=None) -> int:
         validate(compose([f"method={baseline_method().name}"]))
     except Exception as exc:
         return fail(str(exc).strip().splitlines()[0])
-    kind = f"gpu-{args.arch}" if args.gpu else "cpu"
+    # the GPU figures by architecture and arithmetic: the plan calibrates a cell by the file of its own
+    precision = compose([]).train.precision
+    kind = gpu_bench_file(args.arch, precision != "fp32").removesuffix(".json") if args.gpu else "cpu"
     dest = Path(args.dest)
     result = {"kind": kind, "command": "python -m harness.bench " + shlex.join(argv), "machine": measure.machine(device)}
     t0 = time.perf_counter()

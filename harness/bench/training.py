@@ -131,7 +131,7 @@ def run(base: CellContext, compose, overrides: list[str], repeats: int, warmup: 
                    "batch_sizes": batch_sizes, "pruning_ratio": base.prune_report.ratio,
                    "student_params_m": base.prune_report.params_after / 1e6, "teacher_params_m": base.prune_report.params_before / 1e6,
                    "repeats": repeats, "warmup": warmup, "window": window, "log_every": log_every,
-                   "turn_steps": turn_steps},
+                   "turn_steps": turn_steps, "precision": cfg.train.precision, "device": str(base.device)},
         "per_step": per_step,
     }
     if with_plain:

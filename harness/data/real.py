@@ -31,6 +31,25 @@ def to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
     return data.permute(2, 0, 1).float() / 127.5 - 1.0
 
 
+def write_coco(root: Path, counts: dict[str, int], image, authors_names: bool = False) -> Path:
+    """MS-COCO 2017's layout (what CocoCaptions reads) under `root`: images/<split>2017/ and annotations/captions_<split>2017.json,
+    `counts[split]` images (`image(split, i)`: a PIL image), two captions each. `authors_names`:
+    the first file of each split named as the authors' README has it (COCO_<split>2017_<id>.jpg)."""
+    root = Path(root)
+    for split, n in counts.items():
+        (root / "images" / f"{split}2017").mkdir(parents=True)
+        images, anns = [], []
+        for i in range(n):
+            name = f"{i:012d}.jpg"
+            stored = f"COCO_{split}2017_{name}" if authors_names and i == 0 else name
+            image(split, i).save(root / "images" / f"{split}2017" / stored)
+            images.append({"id": i, "file_name": name})
+            anns += [{"image_id": i, "caption": f"photo {i} a"}, {"image_id": i, "caption": f"photo {i} b"}]
+        (root / "annotations").mkdir(exist_ok=True)
+        (root / "annotations" / f"captions_{split}2017.json").write_text(json.dumps({"images": images, "annotations": anns}))
+    return root
+
+
 class CocoCaptions(Dataset):
     """One item per (image, caption) annotation of `root`/annotations/captions_{split}2017.json,
     images from `root`/images/{split}2017/ (plain or COCO_{split}2017_ prefixed file names)."""
