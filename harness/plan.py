@@ -40,6 +40,7 @@ H100_BF16 = 989e12  # FLOP/s, dense (harness/bench/gpu.py's table)
 ASSUMED_MFU = 0.35
 ASSUMED_STARTUP_S = 300.0
 PNG_SHARE = 0.5
+BENCH_DOCS = Path(__file__).resolve().parent.parent / "docs" / "bench"  # harness.bench's committed figures
 
 
 @dataclass
@@ -138,7 +139,7 @@ def calibrate(cfg: DictConfig, out_dir: Path, device: str) -> Calibration:
             train_macs, train_s = train_macs + t_macs, train_s + stage_s
         evals.append((images, e_macs, clock("eval_seconds")))
         startups.append(clock("total_seconds") - clock("eval_seconds") - stage_s)
-    docs = Path(__file__).resolve().parent.parent / "docs" / "bench"
+    docs = BENCH_DOCS
     cell_bench = (json.loads((docs / "cpu.json").read_text()).get("cell") or {}) if (docs / "cpu.json").is_file() else {}
     if evals:
         per_image, eval_rate = _fit_evaluation(evals)
@@ -167,7 +168,7 @@ def calibrate(cfg: DictConfig, out_dir: Path, device: str) -> Calibration:
                                "run a cell here to calibrate to this machine",
                                rate, rate, startup * threads, process_s=fixed - startup)
     bf16 = cfg.train.get("precision") in ("bf16", "auto")  # auto: bf16 autocast on CUDA (Trainer)
-    bench = docs / gpu_bench_file(cfg.model.name, bf16) if cfg.model.name == "sd21" else None
+    bench = docs / gpu_bench_file("sd21", bf16) if cfg.model.name == "sd21" else None  # the GPU benchmark's architecture
     if device == "cuda" and bench is not None and bench.is_file():
         section = (json.loads(bench.read_text()).get("gpu") or {}).get("training") or {}
         row = section.get("per_step", {}).get(baseline) or {}

@@ -137,6 +137,32 @@ def test_gpu_mode_runs_at_toy_size_on_the_cpu(tmp_path):
     assert "GPU: throughput" in (dest / "gpu-toy.md").read_text()
 
 
+def test_a_paper_sd21_cell_runs_at_toy_size_beside_its_plan(tmp_path):
+    """harness.bench.gpu_cell at the tests' size on the CPU: it writes the random-weight
+    pipeline, COCO and artist folders, plans the cell, runs it through `python -m harness`
+    and records both; its inputs and the cell go in a temporary folder that is removed."""
+    dest, work = tmp_path / "bench", tmp_path / "work"
+    work.mkdir()
+    proc = run_cli(["harness.bench.gpu_cell", "--arch", "toy", "--device", "cpu", "--steps", "4", "--batch", "2",
+                    "--images", "8", "--dest", str(dest), "--work", str(work)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((dest / "gpu-cell-toy.json").read_text())
+    assert "sweep=paper_sd21" in result["overrides"] and "eval.backbone=none" in result["overrides"]
+    plan, got = result["plan"], result["measured"]
+    assert plan["wall_s"] > 0 and plan["train_macs"] > 0 and plan["calibration"]
+    assert got["training_s"] > 0 and got["in_cell_s"] >= got["training_s"] + got["eval_s"]
+    assert got["process_wall_s"] > got["in_cell_s"] and got["stages"]["finetune"]["steps_run"] == 4
+    assert result["measured_over_planned"]["cell_s"] == pytest.approx(got["in_cell_s"] / plan["wall_s"])
+    assert "| cell, in its process (s) |" in (dest / "gpu-cell-toy.md").read_text()
+    assert not any(work.iterdir())
+
+
+def test_a_gpu_cell_without_a_gpu_fails_in_one_line(tmp_path):
+    proc = run_cli(["harness.bench.gpu_cell", "--dest", str(tmp_path / "b")], env={"CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --device=cuda asks for a GPU and torch sees none")
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
+
+
 def test_the_sd21_architecture_is_the_published_one():
     """865,910,724 parameters: SD 2.1's UNet (stabilityai/stable-diffusion-2-1-base)."""
     from diffusers import UNet2DConditionModel

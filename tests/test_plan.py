@@ -112,3 +112,23 @@ def test_a_local_sweep_starts_one_process_and_a_slurm_job_one_per_cell(tmp_path,
         assert there.seconds == pytest.approx(here.seconds + 10.0)
     plan.report(local_plans, local, load_with_hydra_node(args, True)[0])
     assert "with 10 s once for the sweep's process" in capsys.readouterr().out
+
+
+def test_a_gpu_cell_is_calibrated_by_the_gpu_benchmark_of_its_own_arithmetic(tmp_path, monkeypatch):
+    """harness.bench --gpu writes gpu-sd21.json under bf16 autocast and gpu-sd21-fp32.json with
+    train.precision=fp32; an SD 2.1 cell on a GPU takes the distill step's rate from the file
+    of its own precision (paper_sd21 is fp32, the authors' arithmetic), and a cell whose file
+    is missing stays uncalibrated rather than borrowing the other's rate."""
+    from harness import plan
+    from tests.conftest import compose
+
+    figures = {"gpu": {"training": {"config": {"precision": "fp32"},
+                                    "per_step": {"distill": {"flops_lower": 3.0e15, "seconds": 1.5}}}}}
+    (tmp_path / plan.gpu_bench_file("sd21", bf16=False)).write_text(json.dumps(figures))
+    monkeypatch.setattr(plan, "BENCH_DOCS", tmp_path)
+    fp32 = plan.calibrate(compose(["sweep=paper_sd21"]), tmp_path / "out", "cuda")
+    assert fp32.calibrated and fp32.train_rate == fp32.eval_rate == pytest.approx(3.0e15 / 2 / 1.5)
+    assert "gpu-sd21-fp32.json" in fp32.source and "fp32 arithmetic" in fp32.source
+    bf16 = plan.calibrate(compose(["sweep=paper_sd21", "train.precision=bf16"]), tmp_path / "out", "cuda")
+    assert not bf16.calibrated and bf16.source.startswith("UNCALIBRATED") and "bf16" in bf16.source
+    assert plan.gpu_bench_file("sd21", bf16=True) == "gpu-sd21.json"

@@ -214,6 +214,7 @@ def test_no_harness_or_analysis_file_names_a_method():
 TOOLS = {  # every command-line tool but the Hydra app: argparse, --out-dir where it reads a run, --help
     "harness.jobs": "harness.jobs", "harness.backfill": "harness.backfill", "harness.bench": "harness.bench.__main__",
     "harness.bench.noise": "harness.bench.noise", "harness.bench.tune": "harness.bench.tune", "harness.bench.macs": "harness.bench.macs",
+    "harness.bench.gpu_cell": "harness.bench.gpu_cell",
     "harness.metrics": "harness.metrics.__main__", "harness.metrics.prepare": "harness.metrics.prepare",
     "harness.world.build": "harness.world.build", "harness.export": "harness.export",
     "harness.robustness": "harness.robustness.__main__", "analysis.tables": "analysis.tables", "analysis.compare": "analysis.compare", "analysis.figures": "analysis.figures",

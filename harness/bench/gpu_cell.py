@@ -1,7 +1,7 @@
 """python -m harness.bench.gpu_cell: one cell of `sweep=paper_sd21` at SD 2.1's size, with no
 download, measured against what `--plan` predicted for it.
 
-    python -m harness.bench.gpu_cell                      # distill, ratio 0.25, 300 steps on cuda
+    python -m harness.bench.gpu_cell                      # plain distillation, ratio 0.25, 300 steps on cuda
     python -m harness.bench.gpu_cell --method bilevel method.solver=alternating method.K=10
     python -m harness.bench.gpu_cell --arch toy --device cpu --steps 4   # the tests' size
 
@@ -38,7 +38,7 @@ def parse(argv):
     p.add_argument("overrides", nargs="*", help="more Hydra overrides of the cell")
     p.add_argument("--arch", default="sd21", choices=("sd21", "toy"), help="the pipeline's size (toy: the tests')")
     p.add_argument("--device", default="cuda")
-    p.add_argument("--method", default="distill")
+    p.add_argument("--method", default=None, help="default: the baseline method (plain distillation)")
     p.add_argument("--ratio", type=float, default=0.25, help="pruning ratio (the preset's: 0.1, 0.25)")
     p.add_argument("--steps", type=int, default=300, help="lower-level iterations")
     p.add_argument("--batch", type=int, default=16, help="the batch of one GPU (the paper's: 16 per GPU)")
@@ -91,7 +91,9 @@ def write_inputs(work: Path, arch: str, images: int, device: str, say) -> tuple[
 
 
 def cell_overrides(args, inputs: list[str], out: Path) -> list[str]:
-    return ["sweep=paper_sd21", *inputs, f"method={args.method}", f"pruning.ratio={args.ratio}", f"finetune.steps={args.steps}",
+    from harness.method import baseline_method
+
+    return ["sweep=paper_sd21", *inputs, f"method={args.method or baseline_method().name}", f"pruning.ratio={args.ratio}", f"finetune.steps={args.steps}",
             f"finetune.batch_size={args.batch}", "eval.backbone=none", "tracking.enabled=false", f"runtime.device={args.device}",
             "runtime.progress=false", *args.overrides, f"out_dir={out}"]
 

@@ -16,6 +16,10 @@ exec > >(tee "$DEST/lent_gpu.log") 2>&1
 if [ -f .gpu/site.tar.gz ]; then
   site=$(mktemp -d) && tar -xzf .gpu/site.tar.gz -C "$site" && export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
+# a private temporary folder, emptied after each step: a step stopped at its limit leaves its
+# checkpoints behind (2.7-3.7 GB each at SD 2.1's size), and the lent machine's disk is small
+export TMPDIR=$(mktemp -d)
+trap 'rm -rf "$TMPDIR"' EXIT
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null
 $PY -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
@@ -23,7 +27,11 @@ SCALE=()
 [ "$ARCH" = toy ] && SCALE=(--repeats 1 --warmup 5 --window 10 --log-every 5 data.finetune_size=64 data.concept_size=16 data.heldout_size=8 finetune.batch_size=4 finetune.warmup_steps=0)
 status=0
 # each step within its own limit, so that one that hangs leaves the others their time
-step() { local limit=$1; shift; echo "== $* ($(date +%T))"; timeout "$limit" "$@" || { echo "== FAILED ($?): $*"; status=1; }; }
+step() {
+  local limit=$1; shift; echo "== $* ($(date +%T); $(df -h --output=avail "$TMPDIR" | tail -1) free)"
+  timeout "$limit" "$@" || { echo "== FAILED ($?): $*"; status=1; }
+  rm -rf "${TMPDIR:?}"/*
+}
 step 240 $PY -m harness.bench --gpu --arch "$ARCH" --device "$DEVICE" --ratio 0.25 --dest "$DEST" "${SCALE[@]}"
 step 120 $PY -m harness.bench --gpu --arch "$ARCH" --device "$DEVICE" --ratio 0.25 --only distill --dest "$DEST" "${SCALE[@]}" train.precision=fp32
 CELL=(--steps 200)
