@@ -120,6 +120,7 @@ def describe() -> dict:
     config = torch.__config__.show()
     info = {
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_vendor": cpu_vendor(),
         "pinned_env": {k: os.environ.get(k) for k in (*CPU_PIN, "MKL_ENABLE_INSTRUCTIONS", *CUDA_PIN)},
         "blas": _config_line(config, r"BLAS_INFO=([^,\n]+)"),
         "mkl": _config_line(config, r"Intel\(R\) (?:oneAPI )?Math Kernel Library Version ([^\n]+)") if torch.backends.mkl.is_available() else None,
@@ -145,9 +146,30 @@ def describe() -> dict:
     return info
 
 
+# A CPU's vendor in the kernel set, where it is not Intel's. The same pin (AVX2, MKL's strict
+# COMPATIBLE branch, oneDNN off, 2 threads) computed other bits on an AMD EPYC (session 24:
+# 17 of the reference cell's 62 metrics differ, by 7e-8 to 2e-4 relative, and the student's
+# weights) than on the Intel Xeon, while two runs on the EPYC agreed bitwise. Intel's is left
+# unnamed: every kernel set recorded before the vendor was came from Intel CPUs.
+VENDOR_LABELS = {"GenuineIntel": "", "AuthenticAMD": "amd"}
+
+
+def cpu_vendor() -> str | None:
+    """/proc/cpuinfo's vendor_id (GenuineIntel, AuthenticAMD), or None where there is none."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def kernel_set(info: dict, device: str = "cpu") -> str:
     """A short label of what decides the numbers, equal for two cells that computed alike:
-    e.g. `cpu AVX512 mkl t2`, `cpu AVX2 mkl-cnr-compatible nodnnl t2` (reproducible) or `cuda NVIDIA H100 cudnn 91002 det`."""
+    e.g. `cpu AVX512 mkl t2`, `cpu AVX2 mkl-cnr-compatible nodnnl t2` (reproducible; `... t2 amd`
+    on an AMD CPU) or `cuda NVIDIA H100 cudnn 91002 det`."""
     if device.startswith("cuda") and info.get("cuda"):
         c = info["cuda"]
         flags = "det" if c["cudnn_deterministic"] and not c["tf32_matmul"] else ("tf32" if c["tf32_matmul"] else "nondet")
@@ -157,7 +179,9 @@ def kernel_set(info: dict, device: str = "cpu") -> str:
     if cnr and blas == "mkl":
         blas = f"mkl-cnr-{cnr.split(',')[0].lower()}"
     dnnl = "" if info.get("onednn_enabled", True) else " nodnnl"
-    return f"cpu {info.get('cpu_capability')} {blas}{dnnl} t{info.get('threads')}"
+    vendor = info.get("cpu_vendor")
+    named = VENDOR_LABELS.get(vendor, vendor) if vendor else ""
+    return f"cpu {info.get('cpu_capability')} {blas}{dnnl} t{info.get('threads')}" + (f" {named}" if named else "")
 
 
 def tags(env: dict) -> dict:

@@ -78,8 +78,8 @@ def main(argv=None) -> int:
     ks = tuple(int(k) for k in args.ks.split(","))
     # A turn ends in a checkpoint that the next turn resumes from (HarnessLoop, as a resumed cell
     # does). At SD 2.1's scale that is a 3.7 GB write and read per turn: on an H200 five turns of
-    # four loops spent over 200 s in them and filled the disk. There a loop runs whole, and the
-    # repeats alternate the loops' order against drift.
+    # four loops spent over 200 s in them and filled the disk. There a loop runs whole, in one
+    # turn that writes no checkpoint, and the repeats alternate the loops' order against drift.
     turn_steps = args.turn_steps or (args.warmup + args.window if args.gpu else 5)
     only = args.only.split(",") if args.only else None
 

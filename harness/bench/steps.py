@@ -73,7 +73,7 @@ def trainer_for(cfg: DictConfig, device, on_log=None, log_every: int = 10) -> Tr
 class HarnessLoop:
     """`stage` in the harness's own loop (`Trainer.fit`), advanced a turn at a time: each turn
     is a `fit` to a later step that resumes from the previous turn's checkpoint, as a resumed
-    cell does. A step is timed from the loop asking the stage which optimizers step
+    cell does (the last turn writes none: nothing resumes it). A step is timed from the loop asking the stage which optimizers step
     (`Stage.updates`, the first call of an iteration) to the stage's after-step hook (the
     last); setup, logging and checkpoints between turns fall outside. Logging as in a cell."""
 
@@ -103,6 +103,7 @@ class HarnessLoop:
     def advance(self, n: int) -> list[float]:
         self._durations = []
         self.stage.steps = min(self.done + n, self.steps)
+        self.trainer.config.checkpoint_last = self.stage.steps < self.steps  # only a turn that another resumes
         self.trainer.fit(self.stage, Path(self._folder.name))
         self.done = self.stage.steps
         if self.finished:
@@ -114,7 +115,9 @@ def peak_memory(stage: Stage, cfg: DictConfig, device: torch.device, steps: int)
     """Peak memory of `steps` iterations of `stage`, run alone (enough to reach an upper step)."""
     stage.steps = steps
     with tempfile.TemporaryDirectory() as folder, PeakMemory(device) as peak:
-        trainer_for(cfg, device).fit(stage, Path(folder))
+        trainer = trainer_for(cfg, device)
+        trainer.config.checkpoint_last = False  # nothing resumes it
+        trainer.fit(stage, Path(folder))
     return {"peak_gb": peak.gb, "added_gb": peak.added_gb}
 
 
