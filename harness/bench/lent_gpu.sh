@@ -13,13 +13,15 @@ cd "$(dirname "$0")/../.."
 DEST=${DEST:-docs/bench} ARCH=${ARCH:-sd21} DEVICE=${DEVICE:-cuda} PY=${PYTHON:-python3}
 mkdir -p "$DEST"
 exec > >(tee "$DEST/lent_gpu.log") 2>&1
-if [ -f .gpu/site.tar.gz ]; then
-  site=$(mktemp -d) && tar -xzf .gpu/site.tar.gz -C "$site" && export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
-# a private temporary folder, emptied after each step: a step stopped at its limit leaves its
-# checkpoints behind (2.7-3.7 GB each at SD 2.1's size), and the lent machine's disk is small
+# private temporary folders, both removed at the end: the packages, and the steps' own, emptied
+# after each step (a step stopped at its limit leaves its checkpoints behind, 2.7-3.7 GB each at
+# SD 2.1's size, and the lent machine's disk is small)
+site=$(mktemp -d)
 export TMPDIR=$(mktemp -d)
-trap 'rm -rf "$TMPDIR"' EXIT
+trap 'rm -rf "$TMPDIR" "$site"' EXIT
+if [ -f .gpu/site.tar.gz ]; then
+  tar -xzf .gpu/site.tar.gz -C "$site" && export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null
 $PY -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
