@@ -34,10 +34,10 @@ step() {
   timeout "$limit" "$@" || { echo "== FAILED ($?): $*"; status=1; }
   rm -rf "${TMPDIR:?}"/*
 }
-step 240 $PY -m harness.bench --gpu --arch "$ARCH" --device "$DEVICE" --ratio 0.25 --dest "$DEST" "${SCALE[@]}"
+step 260 $PY -m harness.bench --gpu --arch "$ARCH" --device "$DEVICE" --ratio 0.25 --dest "$DEST" "${SCALE[@]}"
 step 120 $PY -m harness.bench --gpu --arch "$ARCH" --device "$DEVICE" --ratio 0.25 --only distill --dest "$DEST" "${SCALE[@]}" train.precision=fp32
-CELL=(--steps 200)
+CELL=(--steps 150)
 [ "$ARCH" = toy ] && CELL=(--steps 4 --batch 2 --images 8)
-step 230 $PY -m harness.bench.gpu_cell --arch "$ARCH" --device "$DEVICE" --dest "$DEST" "${CELL[@]}"
+step 210 $PY -m harness.bench.gpu_cell --arch "$ARCH" --device "$DEVICE" --dest "$DEST" "${CELL[@]}"
 echo "== done ($(date +%T)), status $status"
 exit $status
