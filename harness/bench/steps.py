@@ -73,9 +73,10 @@ def trainer_for(cfg: DictConfig, device, on_log=None, log_every: int = 10) -> Tr
 class HarnessLoop:
     """`stage` in the harness's own loop (`Trainer.fit`), advanced a turn at a time: each turn
     is a `fit` to a later step that resumes from the previous turn's checkpoint, as a resumed
-    cell does (the last turn writes none: nothing resumes it). A step is timed from the loop asking the stage which optimizers step
-    (`Stage.updates`, the first call of an iteration) to the stage's after-step hook (the
-    last); setup, logging and checkpoints between turns fall outside. Logging as in a cell."""
+    cell does (the last turn writes none: nothing resumes it). A step is timed from the loop
+    asking the stage which optimizers step (`Stage.updates`, the first call of an iteration)
+    to the stage's after-step hook (the last); setup, logging and checkpoints between turns
+    fall outside. Logging as in a cell."""
 
     def __init__(self, stage: Stage, cfg: DictConfig, device: torch.device, steps: int, log_every: int = 10):
         self.stage, self.steps, self.device, self.done = stage, steps, device, 0
