@@ -30,19 +30,10 @@ from harness.tracker_process import open_tracker
 from harness.tracking import CellRun, Tracker
 from harness.trainer import Trainer, TrainConfig
 from harness.errors import CellStopped, ConfigError
+from harness.launch import requeue
 from harness.validate import validate
 
 log = logging.getLogger("harness")
-
-# Set when the scheduler is about to requeue this process (submitit's signal handler): the
-# SystemExit that follows ends an attempt; it is not the cell failing.
-_REQUEUE_PENDING = False
-
-
-def requeue_pending() -> None:
-    global _REQUEUE_PENDING
-    _REQUEUE_PENDING = True
-
 
 @contextmanager
 def cell_log(cell: Cell):
@@ -279,7 +270,7 @@ def _ending_in_requeue(exc: BaseException) -> bool:
     returns: check_call then raises CalledProcessError (killed by a signal) although the job
     is requeued (seen on the local cluster). A requeue that SLURM refused (a positive exit
     status) or submitit's 'timed-out too many times' is a failure."""
-    if not _REQUEUE_PENDING:
+    if not requeue.pending():
         return False
     if isinstance(exc, SystemExit):
         return True

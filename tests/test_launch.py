@@ -7,10 +7,12 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 import time
 
 from harness.launch import records
 from harness.launch.snapshot import MARKER, freeze
+from tests.conftest import REPO
 
 
 def test_sacct_lines_are_parsed_with_folded_pending_tasks():
@@ -99,6 +101,7 @@ def test_the_requeue_race_ends_the_attempt_as_requeued_not_failed(tmp_path, monk
     the same error without the scheduler's signal, or a refused requeue, is a failure."""
     from harness import runner
     from harness.cell import Cell
+    from harness.launch import requeue
     from tests.conftest import compose
 
     killed = subprocess.CalledProcessError(-15, ["scontrol", "requeue", "18"])
@@ -107,7 +110,7 @@ def test_the_requeue_race_ends_the_attempt_as_requeued_not_failed(tmp_path, monk
              (False, killed, "failed"), (False, SystemExit(-1), "failed")]
     for i, (signalled, exc, ended) in enumerate(cases):
         cfg = compose(["tracking.enabled=false"], out_dir=tmp_path / str(i))
-        monkeypatch.setattr(runner, "_REQUEUE_PENDING", signalled)
+        monkeypatch.setattr(requeue, "_pending", signalled)
 
         def interrupted(*args, exc=exc):
             raise exc
@@ -123,6 +126,32 @@ def test_the_requeue_race_ends_the_attempt_as_requeued_not_failed(tmp_path, monk
         attempt = json.loads(cell.path("environment.json").read_text())["attempts"][-1]
         assert attempt["ended"] == ended, (signalled, exc)
         assert cell.path("FAILED").exists() == (ended == "failed"), (signalled, exc)
+
+
+def test_the_requeue_hook_imports_nothing_so_a_signal_during_start_up_requeues(tmp_path):
+    """submitit calls a job's `checkpoint` from its signal handler, which can run while the job
+    is still importing torch and the runner (under load start-up outlasts the 30-60 s before a
+    2-minute job's warning). An import there re-entered the half-imported runner, raised
+    AttributeError and failed the job instead of requeueing it (a red CI run). In a process as
+    submitit's job starts it (submitit imported, the job's pickle loaded), the hooks of both
+    job kinds load no module and mark the requeue."""
+    script = """
+import sys
+import submitit
+from harness.launch import requeue
+from harness.launch.job import CellJob, TuneWorkerJob
+before = set(sys.modules)
+assert not requeue.pending()
+for job in (CellJob({}, "c", "."), TuneWorkerJob("f", 0, ".")):
+    again = job.checkpoint()
+    assert isinstance(again, submitit.helpers.DelayedSubmission) and again.function is job
+assert requeue.pending()
+print(sorted(set(sys.modules) - before))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", f"the requeue hook imported {done.stdout.strip()}"
 
 
 def test_a_job_that_died_without_a_marker_is_explained_by_its_tasks_logs(tmp_path):

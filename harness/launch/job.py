@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import os
 
+from submitit.helpers import DelayedSubmission
+
+from harness.launch import requeue
+
 
 class CellJob:
     def __init__(self, config: dict, cell_id: str, cwd: str):
@@ -49,13 +53,10 @@ class CellJob:
 
     def checkpoint(self):
         """Called by submitit on the time-limit or preemption signal, just before it requeues
-        the job and exits: the exit is a requeue, not a failure."""
-        import submitit
-
-        from harness import runner
-
-        runner.requeue_pending()
-        return submitit.helpers.DelayedSubmission(self)
+        the job and exits: the exit is a requeue, not a failure. It imports nothing: the signal
+        can come while __call__ is still importing (harness/launch/requeue.py)."""
+        requeue.mark_pending()
+        return DelayedSubmission(self)
 
 
 class TuneWorkerJob:
@@ -74,9 +75,5 @@ class TuneWorkerJob:
         return run(Path(self.folder), self.index)
 
     def checkpoint(self):
-        import submitit
-
-        from harness import runner
-
-        runner.requeue_pending()  # the cell under way ends its attempt as requeued
-        return submitit.helpers.DelayedSubmission(self)
+        requeue.mark_pending()  # the cell under way ends its attempt as requeued
+        return DelayedSubmission(self)
