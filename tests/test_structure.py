@@ -218,7 +218,8 @@ TOOLS = {  # every command-line tool but the Hydra app: argparse, --out-dir wher
     "harness.metrics": "harness.metrics.__main__", "harness.metrics.prepare": "harness.metrics.prepare",
     "harness.world.build": "harness.world.build", "harness.export": "harness.export",
     "harness.robustness": "harness.robustness.__main__", "analysis.tables": "analysis.tables", "analysis.compare": "analysis.compare", "analysis.figures": "analysis.figures",
-    "analysis.notebooks": "analysis.notebooks", "analysis.ui": "analysis.ui", "analysis.tune": "analysis.tune"}
+    "analysis.notebooks": "analysis.notebooks", "analysis.ui": "analysis.ui", "analysis.tune": "analysis.tune",
+    "tests.cpu_profile": "tests.cpu_profile"}
 
 
 def test_every_tool_speaks_argparse_with_help(capsys):
