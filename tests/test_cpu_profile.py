@@ -29,7 +29,7 @@ def test_stays_in_its_worker():
     site = tmp_path / "site"
     site.mkdir()
     done = subprocess.run([sys.executable, "-m", "tests.cpu_profile", "--workers", "1", "--dest", str(dest), "--site", str(site),
-                           "--", str(tests)],
+                           "--", f"--rootdir={tests}", str(tests)],  # test ids from here, whatever lies above (an ini in /tmp)
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     result = json.loads((dest / "cpu_profile.json").read_text())
