@@ -30,7 +30,7 @@ def _log_cpu_at_exit() -> None:
         with open(path, "a") as f:  # one short line per write: appends from many processes stay whole
             f.write(json.dumps(line) + "\n")
     except Exception:  # noqa: BLE001 - a profile must never change how a process ends
-        pass
+        return
 
 
 if _os.environ.get("HARNESS_CPU_LOG"):
