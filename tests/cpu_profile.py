@@ -110,6 +110,10 @@ def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     purelib = Path(sysconfig.get_paths()["purelib"])
     site = Path(args.site) if args.site else purelib
+    if args.workers < 1 or not site.is_dir():
+        bad = f"--workers={args.workers} is not accepted: at least 1" if args.workers < 1 else f"--site={site} is not a folder"
+        print(f"python -m tests.cpu_profile: {bad}", file=sys.stderr)
+        return 2
     installed = site / "sitecustomize.py"
     ours = installed.exists() and installed.read_bytes() == PROBE.read_bytes()  # a profile inside a profile
     if installed.exists() and not ours:

@@ -40,3 +40,14 @@ def test_stays_in_its_worker():
     assert result["kinds"][child]["processes"] == 1 and "pytest's main process" in result["kinds"], result["kinds"]
     assert result["logged_s"] >= CHILD_CPU_S and "test_starts_a_busy_child" in (dest / "cpu_profile.md").read_text()
     assert not (site / "sitecustomize.py").exists()  # removed after the run
+
+
+def test_a_bad_request_fails_in_one_line_before_anything_runs(tmp_path, capsys):
+    from tests.cpu_profile import main
+
+    for args, said in ((["--workers", "0"], "--workers=0 is not accepted: at least 1"),
+                       (["--site", str(tmp_path / "nowhere")], f"--site={tmp_path / 'nowhere'} is not a folder")):
+        assert main([*args, "--dest", str(tmp_path / "profile")]) == 2
+        err = capsys.readouterr().err
+        assert err.strip().splitlines() == [f"python -m tests.cpu_profile: {said}"], err
+        assert not (tmp_path / "profile").exists()
