@@ -4,20 +4,29 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+COMPILED := $(VENV)/.compiled
 # the reproducible mode's CPU pin (harness/numerics.py: CPU_PIN; a test keeps the two equal)
 PINNED := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE,STRICT ONEDNN_MAX_CPU_ISA=AVX2
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 WORKERS := $(shell echo $$(( $$(nproc) + 1 )))
 
 .PHONY: setup run test smoke gpu-carry
-setup: $(STAMP)
+setup: $(STAMP) $(COMPILED)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	@# --no-compile: Python writes the bytecode of each module on its first import, so only what is used is compiled
-	@# (pip compiles all 21,300 files of the venv at install; transformers' 2,912 alone took 5.1 s of CPU here)
 	$(VENV)/bin/pip install --no-compile -e '.[test]'
 	touch $(STAMP)
+
+# Bytecode for every installed module, compiled once on all cores. Python does not cache it on its
+# own where PYTHONDONTWRITEBYTECODE is set (as on this project's CI hosts): every process then
+# compiled torch, diffusers, transformers and MLflow from source again, and `import harness.runner`
+# took 14 CPU-s instead of 6 (session 26). Some of torch's files are written for newer Pythons and
+# cannot compile here; Python could not import them either, so they are counted, not fatal.
+$(COMPILED): $(STAMP)
+	$(VENV)/bin/python -m compileall -q -j 0 $$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+	  > $(VENV)/compileall.log || echo "setup: $$(grep -c '^\*\*\* Error' $(VENV)/compileall.log) file(s) for other Python versions left as source ($(VENV)/compileall.log)"
+	touch $(COMPILED)
 
 run: setup
 	$(VENV)/bin/python -m harness -m sweep=paper_table
