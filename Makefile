@@ -18,11 +18,12 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --no-compile -e '.[test]'
 	touch $(STAMP)
 
-# Bytecode for every installed module, compiled once on all cores. Python does not cache it on its
-# own where PYTHONDONTWRITEBYTECODE is set (as on this project's CI hosts): every process then
-# compiled torch, diffusers, transformers and MLflow from source again, and `import harness.runner`
-# took 14 CPU-s instead of 6 (session 26). Some of torch's files are written for newer Pythons and
-# cannot compile here; Python could not import them either, so they are counted, not fatal.
+# Bytecode for every installed module, compiled once on all cores. Python does not cache it on
+# its own where PYTHONDONTWRITEBYTECODE is set (as on the hosts this project is built and tested
+# on): every process then compiled torch, diffusers, transformers and MLflow from source again,
+# and `import harness.runner` took 14 CPU-s instead of 6 (session 26). Some of torch's files are
+# written for newer Pythons and cannot compile here; Python could not import them either, so
+# they are counted, not fatal.
 $(COMPILED): $(STAMP)
 	$(VENV)/bin/python -m compileall -q -j 0 $$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
 	  > $(VENV)/compileall.log || echo "setup: $$(grep -c '^\*\*\* Error' $(VENV)/compileall.log) file(s) for other Python versions left as source ($(VENV)/compileall.log)"
