@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 # they are counted, not fatal.
 $(COMPILED): $(STAMP)
 	$(VENV)/bin/python -m compileall -q -j 0 $$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
-	  > $(VENV)/compileall.log || echo "setup: $$(grep -c '^\*\*\* Error' $(VENV)/compileall.log) file(s) for other Python versions left as source ($(VENV)/compileall.log)"
+	  > $(VENV)/compileall.log || echo "setup: $$(grep -c '^\*\*\* Error' $(VENV)/compileall.log) file(s) left as source, see $(VENV)/compileall.log (here: torch's one for Python 3.12)"
 	touch $(COMPILED)
 
 run: setup
