@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 COMPILED := $(VENV)/.compiled
+# the venv's site-packages (a shell expansion: read when a recipe runs, after the venv exists)
+PURELIB := $$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 # the reproducible mode's CPU pin (harness/numerics.py: CPU_PIN; a test keeps the two equal)
 PINNED := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE,STRICT ONEDNN_MAX_CPU_ISA=AVX2
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
@@ -25,7 +27,7 @@ $(STAMP): pyproject.toml
 # written for newer Pythons and cannot compile here; Python could not import them either, so
 # they are counted, not fatal.
 $(COMPILED): $(STAMP)
-	$(VENV)/bin/python -m compileall -q -j 0 $$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+	$(VENV)/bin/python -m compileall -q -j 0 $(PURELIB) \
 	  > $(VENV)/compileall.log || echo "setup: $$(grep -c '^\*\*\* Error' $(VENV)/compileall.log) file(s) left as source, see $(VENV)/compileall.log (here: torch's one for Python 3.12)"
 	touch $(COMPILED)
 
@@ -57,7 +59,7 @@ test: setup
 CARRIED := diffusers hydra hydra_plugins omegaconf antlr4 torch_pruning submitit cleanfid
 gpu-carry: setup
 	mkdir -p .gpu
-	cd $$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
+	cd $(PURELIB) && \
 	  tar --exclude=__pycache__ -czf $(CURDIR)/.gpu/site.tar.gz $(CARRIED) \
 	  $$(for p in $(CARRIED); do ls -d $$(echo $$p | sed 's/^hydra$$/hydra_core/;s/^cleanfid$$/clean_fid/;s/^antlr4$$/antlr4_python3_runtime/;s/^hydra_plugins$$/hydra_submitit_launcher/')-*.dist-info; done)
 	@ls -l .gpu/site.tar.gz
