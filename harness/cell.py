@@ -39,9 +39,9 @@ ID_LENGTH = 10
 
 def method_keys(name: str) -> list[str]:
     """The keys a method's config defines (harness/conf/method/<name>.yaml, or HARNESS_METHODS')."""
-    from harness.compose import config_file
+    from harness.compose import config_file, read_yaml
 
-    return list(OmegaConf.load(config_file("method", name) or METHOD_CONF / f"{name}.yaml").keys())
+    return list(read_yaml(config_file("method", name) or METHOD_CONF / f"{name}.yaml").keys())
 
 
 def semantic_config(cfg: DictConfig) -> dict:
@@ -51,7 +51,8 @@ def semantic_config(cfg: DictConfig) -> dict:
     sections = method.common_sections + method.sections
     resolved = OmegaConf.to_container(cfg, resolve=True)
     semantic = {"schema": SCHEMA_VERSION, **{s: resolved.get(s) for s in sections}}
-    semantic["method"] = {k: v for k, v in resolved["method"].items() if k in method_keys(cfg.method.name)}
+    own = set(method_keys(cfg.method.name))
+    semantic["method"] = {k: v for k, v in resolved["method"].items() if k in own}
     if not (semantic.get("eval") or {}).get("recovery_steps"):
         semantic["eval"].pop("recovery_steps", None)  # off: the ids of cells from before it existed hold
     # robustness probes are run on a cell's finished student and added to its results

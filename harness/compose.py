@@ -17,6 +17,22 @@ SLURM_PRESETS = REPO / "slurm"  # launcher presets beside the cluster scripts (l
 METHODS_ENV = "HARNESS_METHODS"
 
 
+_PARSED: dict[tuple, object] = {}
+
+
+def read_yaml(path: Path) -> DictConfig:
+    """`OmegaConf.load(path)`, its YAML parsed once per process while the file is unchanged
+    (same size and mtime): planning a sweep reads the same few config files for every cell.
+    Each call returns a config of its own, for the caller to change."""
+    import copy
+
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _PARSED:
+        _PARSED[key] = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return OmegaConf.create(copy.deepcopy(_PARSED[key]))
+
+
 def method_dirs() -> list[Path]:
     """The folders `HARNESS_METHODS` names (each must exist)."""
     import os
@@ -55,7 +71,7 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     for group, folder in (("sweep", SWEEPS), ("launcher", SLURM_PRESETS)):
         for path in sorted(folder.glob("*.yaml")):
-            store.store(group=group, name=path.stem, node=OmegaConf.load(path), package="_global_", provider="harness")
+            store.store(group=group, name=path.stem, node=read_yaml(path), package="_global_", provider="harness")
     store.store(group="hydra/sweeper", name="harness", node=HarnessSweeperConf, provider="harness")
     store.store(group="hydra/launcher", name="harness_slurm", node=HarnessSlurmConf, provider="harness")
 

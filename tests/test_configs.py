@@ -134,3 +134,27 @@ def test_the_sd21_preset_sets_every_setting_of_the_authors():
         got = theirs[key] if key.startswith("method.") else OmegaConf.select(cfg, key)
         same = got == value or (isinstance(got, (int, float)) and float(got) == float(value))
         assert same, f"{key}: the preset has {got!r}, the authors {value!r}"
+
+
+def test_a_config_file_read_twice_is_parsed_once_yet_each_reader_gets_its_own_copy(tmp_path, monkeypatch):
+    """harness.compose.read_yaml: parsed once while the file is unchanged (planning reads the
+    same files for every cell), read again when it changes; interpolations survive the cache."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    from harness import compose as compose_module
+
+    path = tmp_path / "model.yaml"
+    path.write_text("name: tiny\nwidth: 32\nhalf: ${width}\nunset: ???\n")
+    parses = []
+    real_load = OmegaConf.load
+    monkeypatch.setattr(OmegaConf, "load", lambda p: parses.append(p) or real_load(p))
+    first, second = compose_module.read_yaml(path), compose_module.read_yaml(path)
+    assert len(parses) == 1
+    first.width = 64  # a reader's change stays its own
+    assert second.width == 32 and second.half == 32 and OmegaConf.is_missing(second, "unset")
+    assert compose_module.read_yaml(path).width == 32
+    path.write_text("name: tiny\nwidth: 48\nhalf: ${width}\nunset: ???\n")
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000_000))  # a coarse clock: a new mtime
+    assert compose_module.read_yaml(path).half == 48 and len(parses) == 2

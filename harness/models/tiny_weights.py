@@ -27,7 +27,9 @@ NOT_ARCHITECTURE = ("name", "weights", "guidance", "init_seed")
 
 def tiny_config() -> DictConfig:
     """The `model=tiny` config, read without Hydra (safe inside a running Hydra app)."""
-    return OmegaConf.load(CONFIG)
+    from harness.compose import read_yaml
+
+    return read_yaml(CONFIG)
 
 
 def teacher_architecture(model: DictConfig) -> str:
