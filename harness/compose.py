@@ -26,8 +26,9 @@ def read_yaml(path: Path) -> DictConfig:
     Each call returns a config of its own, for the caller to change."""
     import copy
 
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    from harness.files import file_version
+
+    key = file_version(path)
     if key not in _PARSED:
         _PARSED[key] = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     return OmegaConf.create(copy.deepcopy(_PARSED[key]))

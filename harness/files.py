@@ -17,6 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def file_version(path: Path) -> tuple:
+    """Which version of a file this is (its resolved path, size and mtime): a per-process cache
+    keyed by it reads a file again once it has changed."""
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
 def _read_umask() -> int:
     mask = os.umask(0o022)  # the only way to read it is to set it: put it back at once
     os.umask(mask)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness.errors import CorruptInputError
+from harness.files import file_version
 
 log = logging.getLogger("harness")
 MANIFEST = "manifest.json"
@@ -28,13 +29,8 @@ _SHA256: dict[tuple, str] = {}
 _VERIFIED: set[tuple] = set()
 
 
-def _key(path: Path) -> tuple:
-    stat = path.stat()
-    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
-
-
 def sha256(path: Path) -> str:
-    key = _key(path)
+    key = file_version(path)
     if key not in _SHA256:
         digest = hashlib.sha256()
         with open(path, "rb") as handle:
@@ -86,7 +82,7 @@ def verify(path: Path, key: str, expected: Callable[[], dict[str, list[int]]] | 
     tensor names and shapes the model expects (`expected()`: called only when the file was not
     verified for this `architecture` in this process yet). Raises CorruptInputError in one line."""
     path = Path(path)
-    cache = (*_key(path), key, expected is not None, architecture)
+    cache = (*file_version(path), key, expected is not None, architecture)
     if cache in _VERIFIED:
         return path
     want = listed_checksum(path)
