@@ -7,7 +7,10 @@ two writers of the same file never share a temporary name.
 One permission policy: every file gets the mode the process's umask gives a new file (0644
 under umask 022, 0664 under a lab's 002), whichever library wrote it. safetensors writes
 0600 and mkstemp 0600: without this a group sharing an out_dir could read the metrics but
-not the weights."""
+not the weights.
+
+And one key for the per-process caches of a file's contents (`file_version`): a file that
+changed is read again."""
 
 from __future__ import annotations
 
